@@ -1,0 +1,69 @@
+"""Command line: `python -m extproc {up,serve,config,render-envoy,emulator}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_settings, redacted_dump
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m extproc", description=__doc__)
+    parser.add_argument("--config", "-c", help="YAML config file (default: $AOAI_GATEWAY_CONFIG, else none)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="run Envoy + ext_proc (+ the emulator without an Azure endpoint) in the foreground")
+    commands.add_parser("serve", help="run only the ext_proc gRPC service (sidecar containers)")
+    commands.add_parser("config", help="print the effective configuration, secrets redacted")
+    render = commands.add_parser("render-envoy", help="write the Envoy config for these settings and validate it")
+    render.add_argument("--output", "-o", type=Path, required=True)
+    render.add_argument("--tls-cert", type=Path, help="downstream certificate (default: listen.tls_cert_file)")
+    render.add_argument("--tls-key", type=Path, help="downstream key (default: listen.tls_key_file)")
+    render.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
+    commands.add_parser("emulator", help="run the Azure OpenAI emulator (see `python -m extproc.emulator --help`)",
+                        add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulator"]:
+        from .emulator.__main__ import main as emulator_main
+
+        return emulator_main(argv[1:])
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config)
+        if args.command == "config":
+            print(json.dumps(redacted_dump(settings), indent=2))
+            return 0
+        if args.command == "serve":
+            from .server import serve
+
+            return serve(settings)
+        if args.command == "render-envoy":
+            return _render(settings, args)
+        from .up import run_up
+
+        return run_up(settings, args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _render(settings, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from . import envoy_config
+
+    cert = args.tls_cert or settings.listen.tls_cert_file
+    key = args.tls_key or settings.listen.tls_key_file
+    tls = envoy_config.DownstreamTls(cert, key) if cert and key else None
+    path = envoy_config.write(envoy_config.render(settings, tls), args.output)
+    if not args.no_validate:
+        envoy_config.validate(path, settings.envoy.binary)
+    print(path)
+    return 0

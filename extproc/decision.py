@@ -1,0 +1,53 @@
+"""What the translation core decides for one request: plain data, no gRPC, no Envoy types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from .errors import ErrorReply
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """The parts of the client's request headers the core needs."""
+
+    method: str
+    path: str  # with the query string, as on the wire
+    content_type: str = ""
+    authorization: str = ""
+    api_key: str = ""
+    has_body: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the request to Azure: the new :path, the api-key, the Envoy cluster, maybe a new body."""
+
+    path: str
+    api_key: str
+    cluster: str
+    body: bytes | None = None  # None: the client's body goes on untouched (never echoed)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer the client directly, without calling Azure."""
+
+    status: int
+    body: bytes
+
+    @classmethod
+    def error(cls, error: ErrorReply) -> Reply:
+        return cls(error.status, error.body)
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitBody:
+    """The decision needs the body (the model is in it); `finish` completes it."""
+
+    finish: Callable[[bytes], Union[Forward, Reply]]
+
+
+HeadersDecision = Union[Forward, Reply, AwaitBody]
+BodyDecision = Union[Forward, Reply]

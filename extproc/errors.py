@@ -1,0 +1,82 @@
+"""OpenAI-shaped error bodies for every error the proxy itself produces.
+
+Clients written for the OpenAI API parse `{"error": {"message", "type", "param", "code"}}`;
+anything else (an empty 502, a text/plain 413) surfaces as an opaque exception in their SDK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+SERVER_ERROR = "server_error"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """An error the proxy answers itself, without calling Azure."""
+
+    status: int
+    body: bytes
+
+    @classmethod
+    def build(
+        cls,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,  # noqa: A002 - the field's name in OpenAI's schema
+        param: str | None = None,
+        code: str | None = None,
+    ) -> ErrorReply:
+        return cls(status, error_body(message, type=type, param=param, code=code))
+
+
+def error_body(
+    message: str,
+    *,
+    type: str = INVALID_REQUEST,  # noqa: A002
+    param: str | None = None,
+    code: str | None = None,
+) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+# The proxy's fixed errors, built once.
+INVALID_JSON = ErrorReply.build(
+    400,
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
+    "valid JSON.)",
+)
+BODY_NOT_OBJECT = ErrorReply.build(400, "The request body must be a JSON object.")
+MISSING_MODEL = ErrorReply.build(400, "you must provide a model parameter", param="model")
+MODEL_NOT_STRING = ErrorReply.build(400, "The `model` parameter must be a string.", param="model")
+INVALID_MULTIPART = ErrorReply.build(
+    400, "We could not parse the multipart/form-data body of your request."
+)
+MISSING_API_KEY = ErrorReply.build(
+    401,
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). This proxy holds no Azure key of its own.",
+    type=INVALID_REQUEST,
+)
+
+
+def invalid_url(method: str, path: str) -> ErrorReply:
+    """OpenAI's own answer to an unknown path or method."""
+    return ErrorReply.build(404, f"Invalid URL ({method} {path})")
+
+
+def model_not_found(model: str, known: tuple[str, ...]) -> ErrorReply:
+    names = ", ".join(known) if known else "none are configured"
+    return ErrorReply.build(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it. "
+        f"Models known to this proxy: {names}.",
+        param="model",
+        code="model_not_found",
+    )

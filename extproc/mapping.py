@@ -1,0 +1,25 @@
+"""OpenAI model name -> Azure deployment name."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from .config import UnmappedModelPolicy
+
+
+class ModelMapper:
+    def __init__(self, models: Mapping[str, str], policy: UnmappedModelPolicy) -> None:
+        self._models = dict(models)
+        self._policy = policy
+        self.known_models: tuple[str, ...] = tuple(sorted(self._models))
+
+    def deployment_for(self, model: str) -> str | None:
+        """The deployment to call, or None when the policy rejects an unmapped model."""
+        deployment = self._models.get(model)
+        if deployment is not None:
+            return deployment
+        if self._policy is UnmappedModelPolicy.PASSTHROUGH:
+            return model
+        if self._policy is UnmappedModelPolicy.STRIP_DOTS:
+            return model.replace(".", "").replace(":", "")
+        return None

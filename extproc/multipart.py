@@ -1,0 +1,100 @@
+"""Find (and, for Azure's v1 API, replace) the `model` field of a multipart/form-data body.
+
+The body is parsed by python-multipart in one pass; file parts are skipped, not copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+
+class MultipartError(ValueError):
+    """The body is not valid multipart/form-data."""
+
+
+@dataclass(frozen=True, slots=True)
+class FormField:
+    value: str
+    start: int  # byte offsets of the value inside the body, for an in-place replacement
+    end: int
+
+
+def boundary_of(content_type: str) -> bytes | None:
+    kind, params = parse_options_header(content_type)
+    if kind != b"multipart/form-data":
+        return None
+    return params.get(b"boundary") or None
+
+
+class _FieldFinder:
+    """python-multipart callbacks that remember where the wanted field's value lies."""
+
+    def __init__(self, body: bytes, name: str) -> None:
+        self.body = body
+        self.wanted = name.encode()
+        self.header_name = b""
+        self.header_value = b""
+        self.in_target = False
+        self.spans: list[tuple[int, int]] = []
+        self.found: FormField | None = None
+
+    def on_part_begin(self) -> None:
+        self.in_target = False
+        self.spans = []
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self.header_name.lower() == b"content-disposition":
+            _, params = parse_options_header(self.header_value)
+            self.in_target = params.get(b"name") == self.wanted and b"filename" not in params
+        self.header_name = self.header_value = b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.in_target and self.found is None:
+            # Offsets are into `data`; they are body offsets only when `data` is the body itself.
+            self.spans.append((start, end) if data is self.body else (-1, -1))
+
+    def on_part_end(self) -> None:
+        if self.in_target and self.found is None:
+            self.found = _field_from_spans(self.body, self.spans)
+
+    def callbacks(self) -> dict[str, object]:
+        names = ("on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_part_data", "on_part_end")
+        return {name: getattr(self, name) for name in names}
+
+
+def find_field(body: bytes, boundary: bytes, name: str) -> FormField | None:
+    """The first non-file field called `name`, with its position in `body`."""
+    finder = _FieldFinder(body, name)
+    parser = MultipartParser(boundary, callbacks=finder.callbacks())  # type: ignore[arg-type]
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as exc:  # python-multipart raises several types for malformed input
+        raise MultipartError(str(exc)) from exc
+    return finder.found
+
+
+def _field_from_spans(body: bytes, spans: list[tuple[int, int]]) -> FormField:
+    if not spans:
+        return FormField("", -1, -1)
+    start, end = spans[0][0], spans[-1][1]
+    if start < 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+        raise MultipartError("the model field is split in a way that cannot be located")
+    try:
+        return FormField(body[start:end].decode(), start, end)
+    except UnicodeDecodeError as exc:
+        raise MultipartError("the model field is not UTF-8") from exc
+
+
+def replace_field(body: bytes, field: FormField, value: str) -> bytes:
+    if field.start < 0:
+        raise MultipartError("the field has no value to replace")
+    return body[: field.start] + value.encode() + body[field.end :]
