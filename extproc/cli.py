@@ -17,7 +17,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run Envoy + ext_proc (+ the emulator without an Azure endpoint) in the foreground")
-    commands.add_parser("serve", help="run only the ext_proc gRPC service (sidecar containers)")
+    serve = commands.add_parser("serve", help="run only the ext_proc gRPC service (sidecar containers)")
+    serve.add_argument("--write-envoy-config", type=Path, metavar="PATH",
+                       help="first render the Envoy config for these settings to PATH (for an Envoy container)")
+    commands.add_parser("health", help="exit 0 when every ext_proc worker answers gRPC health SERVING")
     commands.add_parser("config", help="print the effective configuration, secrets redacted")
     render = commands.add_parser("render-envoy", help="write the Envoy config for these settings and validate it")
     render.add_argument("--output", "-o", type=Path, required=True)
@@ -45,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from .server import serve
 
+            if args.write_envoy_config:
+                from . import envoy_config
+
+                envoy_config.prepare(settings, args.write_envoy_config)
             return serve(settings)
+        if args.command == "health":
+            from .server import check_health
+
+            return check_health(settings)
         if args.command == "render-envoy":
             return _render(settings, args)
         from .up import run_up
@@ -61,9 +72,9 @@ def _render(settings, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
 
     cert = args.tls_cert or settings.listen.tls_cert_file
     key = args.tls_key or settings.listen.tls_key_file
-    tls = envoy_config.DownstreamTls(cert, key) if cert and key else None
-    path = envoy_config.write(envoy_config.render(settings, tls), args.output)
-    if not args.no_validate:
-        envoy_config.validate(path, settings.envoy.binary)
+    if cert and key:
+        settings = settings.model_copy(
+            update={"listen": settings.listen.model_copy(update={"tls_cert_file": cert, "tls_key_file": key})})
+    path = envoy_config.prepare(settings, args.output, check=not args.no_validate)
     print(path)
     return 0

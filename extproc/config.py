@@ -284,6 +284,10 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         raw["listen"] = listen
     if state_dir := _first_env(env, "AOAI_GATEWAY_STATE_DIR"):
         raw["state_dir"] = state_dir
+    if socket_dir := _first_env(env, "AOAI_GATEWAY_SOCKET_DIR"):
+        raw["extproc"] = {**(raw.get("extproc") or {}), "socket_dir": socket_dir}
+    if workers := _first_env(env, "AOAI_GATEWAY_WORKERS"):
+        raw["extproc"] = {**(raw.get("extproc") or {}), "workers": workers}
     return raw
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import yaml
 
 from .config import ConfigError, Settings
+from .devtls import ensure_dev_certificates
 from .translate import AZURE_CLUSTER
 
 TEMPLATE_ENV = "AOAI_GATEWAY_ENVOY_TEMPLATE"
@@ -172,3 +173,22 @@ def validate(path: Path, binary: str = "envoy") -> None:
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise ConfigError(f"Envoy rejected {path}:\n  " + "\n  ".join(detail[-8:]))
+
+
+def downstream_tls(settings: Settings) -> DownstreamTls | None:
+    """The HTTPS listener's certificate: the configured one, else the local development CA's."""
+    if settings.listen.https_port is None:
+        return None
+    if settings.listen.tls_cert_file and settings.listen.tls_key_file:
+        return DownstreamTls(settings.listen.tls_cert_file, settings.listen.tls_key_file)
+    dev = ensure_dev_certificates(settings.state_path / "tls")
+    print(f"HTTPS uses a local development CA; clients trust it with SSL_CERT_FILE={dev.ca_cert}", flush=True)
+    return DownstreamTls(dev.server_cert, dev.server_key)
+
+
+def prepare(settings: Settings, output: Path | None = None, *, check: bool = True) -> Path:
+    """Render, write and (unless told not to) validate the Envoy config for `settings`."""
+    path = write(render(settings, downstream_tls(settings)), output or settings.state_path / "envoy.yaml")
+    if check:
+        validate(path, settings.envoy.binary)
+    return path

@@ -104,3 +104,19 @@ def serve(settings: Settings) -> int:
             log.error("%s exited with %s", worker.name, worker.exitcode)
             status = 1
     return status
+
+
+def check_health(settings: Settings, timeout_s: float = 2.0) -> int:
+    """Probe every worker's gRPC health service (Docker healthcheck, Kubernetes exec probe)."""
+    status = 0
+    for path in settings.socket_paths():
+        try:
+            with grpc.insecure_channel(f"unix:{path}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError as exc:
+            print(f"{path}: {exc.code().name}")
+            serving = False
+        if not serving:
+            status = 1
+    return status

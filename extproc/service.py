@@ -28,7 +28,15 @@ REMOVED_CLIENT_HEADERS = ("authorization",)  # `api-key` is overwritten, never r
 REPLY_DETAILS = "aoai_gateway_reply"
 
 _CONTINUE_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-_STREAM_BODY_MODE = ProcessingMode(request_body_mode=ProcessingMode.NONE)
+# A mode override replaces the whole mode (unset header modes mean SEND): spell every field out.
+_STREAM_BODY_MODE = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND,
+    request_body_mode=ProcessingMode.NONE,
+    request_trailer_mode=ProcessingMode.SKIP,
+    response_header_mode=ProcessingMode.SKIP,
+    response_body_mode=ProcessingMode.NONE,
+    response_trailer_mode=ProcessingMode.SKIP,
+)
 _JSON_CONTENT_TYPE = HeaderValueOption(header=HeaderValue(key="content-type", raw_value=b"application/json"))
 
 

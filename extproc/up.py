@@ -19,7 +19,6 @@ from . import envoy_config
 from pydantic import SecretStr
 
 from .config import ConfigError, Settings
-from .devtls import ensure_dev_certificates
 
 log = logging.getLogger(__name__)
 EMULATOR_KEY = "emulator-key"
@@ -99,17 +98,7 @@ def run_up(settings: Settings, config_path: str | None) -> int:
     try:
         if settings.azure.endpoint is None:
             settings, env = _start_emulator(settings, env, stack)
-        tls = None
-        if settings.listen.https_port is not None:
-            if settings.listen.tls_cert_file and settings.listen.tls_key_file:
-                tls = envoy_config.DownstreamTls(settings.listen.tls_cert_file, settings.listen.tls_key_file)
-            else:
-                dev = ensure_dev_certificates(settings.state_path / "tls")
-                tls = envoy_config.DownstreamTls(dev.server_cert, dev.server_key)
-                print(f"HTTPS uses a local development CA; clients trust it with SSL_CERT_FILE={dev.ca_cert}")
-        rendered = envoy_config.write(envoy_config.render(settings, tls), settings.state_path / "envoy.yaml")
-        envoy_config.validate(rendered, settings.envoy.binary)
-
+        rendered = envoy_config.prepare(settings)
         stack.start("ext_proc", [sys.executable, "-m", "extproc", "serve"], env)
         sockets = settings.socket_paths()
         _wait_until(lambda: all(p.is_socket() for p in sockets), stack, "the ext_proc sockets")

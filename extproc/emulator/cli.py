@@ -1,0 +1,95 @@
+"""`python -m extproc.emulator`: serve an emulated Azure OpenAI resource until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+from typing import Callable, Coroutine
+
+from .server import start_emulator
+from .settings import DEFAULT_API_KEY, DEFAULT_DEPLOYMENTS, EmulatorSettings
+
+log = logging.getLogger("extproc.emulator")
+
+
+def _deployment(value: str) -> tuple[str, str]:
+    name, sep, model = value.partition("=")
+    if not sep or not name or not model:
+        raise argparse.ArgumentTypeError(f"expected NAME=MODEL, got {value!r}")
+    return name, model
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m extproc.emulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
+    parser.add_argument("--tls-cert", help="PEM certificate chain; serves HTTPS with --tls-key")
+    parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--api-key", action="append", dest="api_keys", help=f"accepted api-key (repeatable; default {DEFAULT_API_KEY})"
+    )
+    parser.add_argument("--bearer-token", action="append", dest="bearer_tokens", help="accepted bearer token (repeatable)")
+    parser.add_argument(
+        "--deployment",
+        action="append",
+        type=_deployment,
+        dest="deployments",
+        metavar="NAME=MODEL",
+        help="a deployment (repeatable; replaces the default set)",
+    )
+    parser.add_argument("--chunk-interval-ms", type=float, default=0.0, help="default pause between streamed chunks")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG logs one line per request")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
+    ssl_context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("--tls-cert and --tls-key go together")
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    return EmulatorSettings(
+        api_keys=tuple(args.api_keys or (DEFAULT_API_KEY,)),
+        bearer_tokens=tuple(args.bearer_tokens or ()),
+        deployments=dict(args.deployments) if args.deployments else dict(DEFAULT_DEPLOYMENTS),
+        host=args.host,
+        port=args.port,
+        ssl_context=ssl_context,
+        default_chunk_interval_s=args.chunk_interval_ms / 1000,
+    )
+
+
+async def serve(settings: EmulatorSettings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    emulator = await start_emulator(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("Azure OpenAI emulator listening on %s (deployments: %s)", emulator.url, ", ".join(settings.deployments))
+    try:
+        await stop.wait()
+    finally:
+        await emulator.stop()
+
+
+def _run(main: Callable[[], Coroutine[object, object, None]]) -> None:
+    try:
+        import uvloop  # faster, and what the gateway itself runs on
+    except ImportError:
+        asyncio.run(main())
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    _run(lambda: serve(settings))
+    return 0

@@ -1,0 +1,91 @@
+"""What a handler gets: the request, resolved deployment, parsed body and fault plan."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from .bodies import Form, ParsedBody
+from .catalog import Capability, ModelInfo, model_info
+from .errors import deployment_not_found, operation_not_supported
+from .faults import FaultPlan
+from .state import EmulatorState
+
+
+# Per-request values the middleware and the router hand each other.
+PARSED_BODY = web.RequestKey("emulator_parsed_body", ParsedBody)
+REQUEST_ID = web.RequestKey("emulator_request_id", str)
+DEPLOYMENT_NAME = web.RequestKey("emulator_deployment", str)
+
+
+class Surface(enum.Enum):
+    """The three URL shapes of an Azure OpenAI resource."""
+
+    DEPLOYMENT = "/openai/deployments/{deployment}/"  # deployment in the path, api-version required
+    RESOURCE = "/openai/"  # resource-level ops (files, batches, responses), api-version required
+    V1 = "/openai/v1/"  # OpenAI-compatible: deployment in the body's `model`, no api-version
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    model: str
+
+    @property
+    def info(self) -> ModelInfo:
+        return model_info(self.model)
+
+    @property
+    def reported_model(self) -> str:
+        """The `model` Azure reports in response bodies (the dated model name)."""
+        return self.info.reported_name
+
+
+def resolve_deployment(deployments: Mapping[str, str], name: str, capability: Capability) -> Deployment:
+    """Find a deployment and check its model can do the operation, as Azure does."""
+    model = deployments.get(name)
+    if model is None:
+        raise deployment_not_found()
+    deployment = Deployment(name, model)
+    if capability not in deployment.info.capabilities:
+        raise operation_not_supported(capability.value, model)
+    return deployment
+
+
+@dataclass(frozen=True)
+class Call:
+    request: web.Request
+    state: EmulatorState
+    body: ParsedBody
+    faults: FaultPlan
+    surface: Surface
+    api_version: str  # "v1" on the v1 surface, for error messages
+    deployment: Deployment | None
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """The JSON object body; the router has already rejected anything else."""
+        assert isinstance(self.body.json, dict)
+        return self.body.json
+
+    @property
+    def form(self) -> Form:
+        assert self.body.form is not None
+        return self.body.form
+
+    @property
+    def target(self) -> Deployment:
+        assert self.deployment is not None
+        return self.deployment
+
+    def match(self, name: str) -> str:
+        return self.request.match_info[name]
+
+
+Handler = Callable[[Call], Awaitable[web.StreamResponse]]
+
+# Synchronous builders shared with the batch runner: body + deployment -> response body.
+Builder = Callable[[dict[str, Any], Deployment], dict[str, Any]]

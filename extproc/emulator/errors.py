@@ -1,0 +1,76 @@
+"""Azure OpenAI's error bodies, raised as exceptions and rendered by the middleware."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .jsonio import json_response
+
+UNAUTHORIZED_MESSAGE = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide "
+    "a valid key for an active subscription and use a correct regional API endpoint for your resource."
+)
+DEPLOYMENT_NOT_FOUND_MESSAGE = (
+    "The API deployment for this resource does not exist. If you created the deployment within "
+    "the last 5 minutes, please wait a moment and try again."
+)
+
+
+class AzureError(Exception):
+    """An error response; handlers raise it anywhere and the middleware renders it."""
+
+    def __init__(self, status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{status}: {error.get('message')}")
+        self.status = status
+        self.error = error
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        return json_response({"error": self.error}, status=self.status, headers=self.headers)
+
+
+def unauthorized() -> AzureError:
+    return AzureError(401, {"code": "401", "message": UNAUTHORIZED_MESSAGE})
+
+
+def resource_not_found() -> AzureError:
+    return AzureError(404, {"code": "404", "message": "Resource not found"})
+
+
+def deployment_not_found() -> AzureError:
+    return AzureError(404, {"code": "DeploymentNotFound", "message": DEPLOYMENT_NOT_FOUND_MESSAGE})
+
+
+def bad_request(message: str) -> AzureError:
+    """Azure's gateway-level 400 (unparseable bodies, unsupported versions...)."""
+    return AzureError(400, {"code": "BadRequest", "message": message, "param": None, "type": None})
+
+
+def invalid_request(message: str, param: str | None, code: str | None = None, status: int = 400) -> AzureError:
+    """The model service's 400: OpenAI-shaped, with `code` usually null."""
+    return AzureError(
+        status, {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    )
+
+
+def missing_field(name: str) -> AzureError:
+    return invalid_request(f"'{name}' is a required property", param=name)
+
+
+def not_found(message: str) -> AzureError:
+    return invalid_request(message, param=None, status=404)
+
+
+def operation_not_supported(operation: str, model: str) -> AzureError:
+    message = (
+        f"The {operation} operation does not work with the specified model, {model}. Please choose "
+        "different model and try again. You can learn more about which models can be used with each "
+        "operation here: https://go.microsoft.com/fwlink/?linkid=2197993."
+    )
+    return AzureError(400, {"code": "OperationNotSupported", "message": message})
+
+
+def payload_too_large() -> AzureError:
+    return AzureError(413, {"code": "RequestEntityTooLarge", "message": "The request entity is too large."})

@@ -1,0 +1,157 @@
+"""POST .../chat/completions: the echoing chat model, plain and streamed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from . import text
+from .context import Call, Deployment
+from .errors import invalid_request
+from .filters import content_filter_results, prompt_filter_results
+from .ids import SYSTEM_FINGERPRINT, alphanumeric_id
+from .jsonio import json_response
+from .sse import DONE, SseWriter
+from .validation import flag, optional_int, require
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """The validated request and the answer the emulated model gives to it."""
+
+    id: str
+    created: int
+    model: str
+    answer: str
+    finish_reason: str
+    choices: int
+    prompt_tokens: int
+    stream: bool
+    include_usage: bool
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        completion = text.count_tokens(self.answer) * self.choices
+        return {
+            "completion_tokens": completion,
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": 0,
+                "audio_tokens": 0,
+                "reasoning_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+            "prompt_tokens": self.prompt_tokens,
+            "prompt_tokens_details": {"audio_tokens": 0, "cached_tokens": 0},
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+
+def plan_chat(body: dict[str, Any], deployment: Deployment) -> ChatPlan:
+    messages = require(body, "messages")
+    if not isinstance(messages, list):
+        raise invalid_request(f"{messages!r} is not of type 'array' - 'messages'", param="messages")
+    if not messages:
+        raise invalid_request("[] is too short - 'messages'", param="messages")
+    stream = flag(body, "stream")
+    if body.get("stream_options") is not None and not stream:
+        raise invalid_request(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+        )
+    limit = optional_int(body, "max_completion_tokens", 1, 1_000_000)
+    if limit is None:
+        limit = optional_int(body, "max_tokens", 1, 1_000_000)
+    answer, truncated = text.truncate(text.echo(text.last_user_text(messages)), limit)
+    stream_options = body.get("stream_options")
+    # ~4 tokens of framing per message, as OpenAI's chat format adds.
+    prompt_tokens = sum(
+        text.count_tokens(text.content_text(m.get("content"))) + 4 for m in messages if isinstance(m, dict)
+    )
+    return ChatPlan(
+        id=alphanumeric_id("chatcmpl-"),
+        created=int(time.time()),
+        model=deployment.reported_model,
+        answer=answer,
+        finish_reason="length" if truncated else "stop",
+        choices=optional_int(body, "n", 1, 128) or 1,
+        prompt_tokens=prompt_tokens + 3,
+        stream=stream,
+        include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+    )
+
+
+def chat_completion(plan: ChatPlan) -> dict[str, Any]:
+    return {
+        "choices": [
+            {
+                "content_filter_results": content_filter_results(),
+                "finish_reason": plan.finish_reason,
+                "index": index,
+                "logprobs": None,
+                "message": {"annotations": [], "content": plan.answer, "refusal": None, "role": "assistant"},
+            }
+            for index in range(plan.choices)
+        ],
+        "created": plan.created,
+        "id": plan.id,
+        "model": plan.model,
+        "object": "chat.completion",
+        "prompt_filter_results": prompt_filter_results(),
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "usage": plan.usage,
+    }
+
+
+def build_chat_completion(body: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
+    """Non-streaming body for a request (shared with the batch runner)."""
+    return chat_completion(plan_chat(body, deployment))
+
+
+async def create_chat_completion(call: Call) -> web.StreamResponse:
+    plan = plan_chat(call.json, call.target)
+    if not plan.stream:
+        return json_response(chat_completion(plan))
+    return await _stream(call, plan)
+
+
+async def _stream(call: Call, plan: ChatPlan) -> web.StreamResponse:
+    sse = SseWriter(call.request, call.faults.chunk_interval_s)
+    # Azure's quirk: a first event with no choices, blank identity and the prompt's filter results.
+    await sse.send(
+        {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": prompt_filter_results()}
+    )
+    frame: dict[str, Any] = {
+        "created": plan.created,
+        "id": plan.id,
+        "model": plan.model,
+        "object": "chat.completion.chunk",
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    if plan.include_usage:
+        frame["usage"] = None  # present but null until the final usage event, as OpenAI does
+    for position, chunk in enumerate(text.split_chunks(plan.answer, call.faults.chunks)):
+        for index in range(plan.choices):
+            delta = {"role": "assistant", "content": chunk} if position == 0 else {"content": chunk}
+            choice = {
+                "content_filter_results": content_filter_results(),
+                "delta": delta,
+                "finish_reason": None,
+                "index": index,
+                "logprobs": None,
+            }
+            await sse.send({"choices": [choice], **frame})
+    for index in range(plan.choices):
+        choice = {
+            "content_filter_results": {},
+            "delta": {},
+            "finish_reason": plan.finish_reason,
+            "index": index,
+            "logprobs": None,
+        }
+        await sse.send({"choices": [choice], **frame})
+    if plan.include_usage:
+        await sse.send({"choices": [], **frame, "usage": plan.usage})
+    await sse.send(DONE)
+    return await sse.finish()

@@ -1,0 +1,76 @@
+"""Build the aiohttp application and run it on a socket."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .handlers_admin import add_admin_routes
+from .journal import RecordedRequest
+from .middleware import add_azure_headers, azure_middleware
+from .routing import add_api_routes
+from .settings import EmulatorSettings
+from .state import STATE, EmulatorState
+
+# Audio uploads reach 25 MB and batch input files far more; aiohttp's 1 MB default is too small.
+MAX_BODY_BYTES = 512 * 1024 * 1024
+
+
+def build_app(settings: EmulatorSettings) -> web.Application:
+    app = web.Application(middlewares=[azure_middleware], client_max_size=MAX_BODY_BYTES)
+    app[STATE] = EmulatorState(settings=settings)
+    add_admin_routes(app)
+    add_api_routes(app)
+    app.on_response_prepare.append(add_azure_headers)
+    return app
+
+
+class RunningEmulator:
+    """A listening emulator; `url` is the resource endpoint (like https://x.openai.azure.com)."""
+
+    def __init__(self, runner: web.AppRunner, state: EmulatorState, url: str, port: int) -> None:
+        self._runner = runner
+        self._state = state
+        self.url = url
+        self.port = port
+
+    @property
+    def settings(self) -> EmulatorSettings:
+        return self._state.settings
+
+    @property
+    def journal(self) -> list[RecordedRequest]:
+        """Every request received so far, in arrival order (the live list)."""
+        return self._state.journal
+
+    def clear_journal(self) -> None:
+        self._state.journal.clear()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> RunningEmulator:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+
+async def start_emulator(settings: EmulatorSettings | None = None) -> RunningEmulator:
+    """Start listening and return once the socket is bound (port 0 picks a free port)."""
+    settings = settings or EmulatorSettings()
+    app = build_app(settings)
+    # No access log: the middleware logs one line per request without headers (api keys).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=settings.ssl_context)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = runner.addresses[0][1]
+    scheme = "https" if settings.ssl_context is not None else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    state = app[STATE]
+    state.base_url = f"{scheme}://{host}:{port}"
+    return RunningEmulator(runner, state, state.base_url, port)

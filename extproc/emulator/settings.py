@@ -1,0 +1,83 @@
+"""Configuration of one emulated Azure OpenAI resource."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+DEFAULT_API_KEY = "emulator-key"
+
+# Deployments named after their models, the way most Azure resources are set up.
+DEFAULT_DEPLOYMENTS: Mapping[str, str] = MappingProxyType(
+    {
+        "gpt-4o": "gpt-4o",
+        "gpt-4o-mini": "gpt-4o-mini",
+        "gpt-35-turbo-instruct": "gpt-35-turbo-instruct",
+        "text-embedding-3-small": "text-embedding-3-small",
+        "text-embedding-3-large": "text-embedding-3-large",
+        "whisper": "whisper",
+        "tts": "tts",
+        "dall-e-3": "dall-e-3",
+        "gpt-image-1": "gpt-image-1",
+    }
+)
+
+# GA and preview data-plane versions Azure OpenAI accepts (non-v1 routes).
+DEFAULT_API_VERSIONS: frozenset[str] = frozenset(
+    {
+        "2022-12-01",
+        "2023-05-15",
+        "2023-06-01-preview",
+        "2023-07-01-preview",
+        "2023-08-01-preview",
+        "2023-09-01-preview",
+        "2023-10-01-preview",
+        "2023-12-01-preview",
+        "2024-02-01",
+        "2024-02-15-preview",
+        "2024-03-01-preview",
+        "2024-04-01-preview",
+        "2024-05-01-preview",
+        "2024-06-01",
+        "2024-07-01-preview",
+        "2024-08-01-preview",
+        "2024-09-01-preview",
+        "2024-10-01-preview",
+        "2024-10-21",
+        "2024-12-01-preview",
+        "2025-01-01-preview",
+        "2025-02-01-preview",
+        "2025-03-01-preview",
+        "2025-04-01-preview",
+    }
+)
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    """Everything that differs between two emulated resources."""
+
+    api_keys: tuple[str, ...] = (DEFAULT_API_KEY,)
+    # Accepted `Authorization: Bearer` tokens, a stand-in for Entra ID tokens.
+    bearer_tokens: tuple[str, ...] = ()
+    # Deployment name -> underlying model name.
+    deployments: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_DEPLOYMENTS))
+    api_versions: frozenset[str] = DEFAULT_API_VERSIONS
+    host: str = "127.0.0.1"
+    port: int = 0
+    ssl_context: ssl.SSLContext | None = None
+    # Pause between streamed chunks unless a request asks for another one.
+    default_chunk_interval_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Accept lists from callers but keep the frozen object hashable-ish and safe to share.
+        object.__setattr__(self, "api_keys", tuple(self.api_keys))
+        object.__setattr__(self, "bearer_tokens", tuple(self.bearer_tokens))
+        object.__setattr__(self, "api_versions", frozenset(self.api_versions))
+        object.__setattr__(self, "deployments", MappingProxyType(dict(self.deployments)))
+        if not self.api_keys:
+            raise ValueError("EmulatorSettings needs at least one api key")
+        if self.default_chunk_interval_s < 0:
+            raise ValueError("default_chunk_interval_s must not be negative")

@@ -1,0 +1,138 @@
+"""The ext_proc servicer over a real in-process gRPC channel (Unix socket), as Envoy drives it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import AsyncIterator
+
+import grpc
+import orjson
+import pytest
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3.external_processor_pb2_grpc import ExternalProcessorStub
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.config import load_settings
+from extproc.server import start_server
+
+
+def headers(method: str, path: str, end_of_stream: bool, **extra: str) -> pb.ProcessingRequest:
+    values = {":method": method, ":path": path, ":authority": "gw", **{k.replace("_", "-"): v for k, v in extra.items()}}
+    header_map = HeaderMap(headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in values.items()])
+    return pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map, end_of_stream=end_of_stream))
+
+
+def body(data: bytes) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=data, end_of_stream=True))
+
+
+def set_headers(mutation: pb.HeaderMutation) -> dict[str, bytes]:
+    return {h.header.key: h.header.raw_value for h in mutation.set_headers}
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    with tempfile.TemporaryDirectory(prefix="gw") as tmp:
+        settings = load_settings(env={
+            "AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com",
+            "AZURE_OPENAI_API_KEY": "server-key",
+            "AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o"}',
+            "AOAI_GATEWAY_SOCKET_DIR": tmp,
+            "AOAI_GATEWAY_WORKERS": "1",
+        })
+        socket = settings.socket_paths()[0]
+        server = await start_server(settings, socket)
+        async with grpc.aio.insecure_channel(f"unix:{socket}") as chan:
+            yield chan
+        await server.stop(None)
+        assert not Path(tmp, "unused").exists()
+
+
+async def exchange(channel: grpc.aio.Channel, *requests: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    """Send like Envoy: the next message only after the previous answer; collect until the server ends."""
+    call = ExternalProcessorStub(channel).Process()
+    answers = []
+    for request in requests:
+        await call.write(request)
+        answers.append(await call.read())
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF  # the server returned right after its last answer
+    assert await call.code() == grpc.StatusCode.OK
+    return answers
+
+
+async def test_chat_takes_two_messages_and_rewrites_in_the_body_response(channel: grpc.aio.Channel) -> None:
+    first, second = await exchange(
+        channel,
+        headers("POST", "/v1/chat/completions?x=1", False, authorization="Bearer client-key", content_type="application/json"),
+        body(b'{"model":"gpt-4o","messages":[]}'),
+    )
+    assert first == pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+    common = second.request_body.response
+    assert set_headers(common.header_mutation) == {
+        ":path": b"/openai/deployments/prod-4o/chat/completions?x=1&api-version=2024-10-21",
+        "api-key": b"server-key",
+        "x-aoai-gateway-cluster": b"azure",
+    }
+    assert list(common.header_mutation.remove_headers) == ["authorization"]
+    assert common.clear_route_cache
+    assert not common.HasField("body_mutation")  # never echo the body
+
+
+async def test_a_body_change_sets_content_length(channel: grpc.aio.Channel) -> None:
+    _, second = await exchange(
+        channel,
+        headers("POST", "/v1/responses", False, content_type="application/json"),
+        body(b'{"model":"gpt-4o","input":"hi"}'),
+    )
+    common = second.request_body.response
+    assert common.body_mutation.body == b'{"model":"prod-4o","input":"hi"}'
+    assert set_headers(common.header_mutation)["content-length"] == b"32"
+
+
+async def test_bodiless_request_is_one_round_trip(channel: grpc.aio.Channel) -> None:
+    (only,) = await exchange(channel, headers("GET", "/v1/files/file-1", True, api_key="client"))
+    mutation = only.request_headers.response.header_mutation
+    assert set_headers(mutation)[":path"] == b"/openai/files/file-1?api-version=2024-10-21"
+    assert not only.HasField("mode_override")
+
+
+async def test_upload_decided_from_headers_streams_its_body(channel: grpc.aio.Channel) -> None:
+    (only,) = await exchange(channel, headers("POST", "/v1/files", False, content_type="multipart/form-data; boundary=x"))
+    assert only.mode_override.request_body_mode == ProcessingMode.NONE
+    # The override replaces the whole mode: response phases must stay skipped.
+    assert only.mode_override.response_header_mode == ProcessingMode.SKIP
+
+
+async def test_errors_are_immediate_json_replies(channel: grpc.aio.Channel) -> None:
+    _, second = await exchange(channel, headers("POST", "/v1/embeddings", False), body(b"{oops"))
+    reply = second.immediate_response
+    assert reply.status.code == 400
+    assert set_headers(reply.headers) == {"content-type": b"application/json"}
+    assert orjson.loads(reply.body)["error"]["type"] == "invalid_request_error"
+
+
+async def test_post_without_body_is_answered_in_the_headers_phase(channel: grpc.aio.Channel) -> None:
+    (only,) = await exchange(channel, headers("POST", "/v1/chat/completions", True))
+    assert only.immediate_response.status.code == 400
+
+
+async def test_models_list_without_calling_azure(channel: grpc.aio.Channel) -> None:
+    (only,) = await exchange(channel, headers("GET", "/v1/models", True))
+    assert only.immediate_response.status.code == 200
+    assert [m["id"] for m in orjson.loads(only.immediate_response.body)["data"]] == ["gpt-4o"]
+
+
+async def test_health_service_is_serving(channel: grpc.aio.Channel) -> None:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_stream_closed_before_any_message_is_harmless(channel: grpc.aio.Channel) -> None:
+    call = ExternalProcessorStub(channel).Process()
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
