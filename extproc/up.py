@@ -19,6 +19,7 @@ from . import envoy_config
 from pydantic import SecretStr
 
 from .config import ConfigError, Settings
+from .emulator.settings import DEFAULT_DEPLOYMENTS
 
 log = logging.getLogger(__name__)
 EMULATOR_KEY = "emulator-key"
@@ -130,8 +131,10 @@ def _start_emulator(settings: Settings, env: dict[str, str], stack: Stack) -> tu
     port = free_port()
     key = settings.azure.resolved_api_key() or EMULATOR_KEY
     argv = [sys.executable, "-m", "extproc.emulator", "--host", "127.0.0.1", "--port", str(port), "--api-key", key]
-    for deployment in sorted(set(settings.models.values())):
-        argv += ["--deployment", f"{deployment}={deployment}"]
+    # The emulator's usual deployments, plus one for every deployment the model map names.
+    deployments = {**DEFAULT_DEPLOYMENTS, **{name: name for name in settings.models.values()}}
+    for name, model in deployments.items():
+        argv += ["--deployment", f"{name}={model}"]
     stack.start("emulator", argv, env)
     endpoint = f"http://127.0.0.1:{port}"
     _wait_until(lambda: _port_open(port), stack, "the Azure OpenAI emulator")

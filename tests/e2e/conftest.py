@@ -1,0 +1,173 @@
+"""End-to-end fixtures: the Azure emulator over TLS, and the gateway started with `python -m extproc up`
+(the real Envoy binary + the ext_proc), each on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import ssl
+
+from extproc.devtls import ensure_dev_certificates
+from extproc.emulator import EmulatorSettings, RecordedRequest, RunningEmulator, start_emulator
+from extproc.up import free_port
+
+SERVER_KEY = "azure-server-key-e2e"
+CLIENT_KEY = "client-credential-must-not-leak"
+API_VERSION = "2024-10-21"
+BODY_LIMIT = 2 * 1024 * 1024
+# OpenAI model name -> the emulator's deployment (named unlike the model, so a mapping is visible).
+MODEL_MAP = {
+    "gpt-4o": "prod-chat",
+    "gpt-3.5-turbo-instruct": "prod-instruct",
+    "text-embedding-3-small": "prod-embed",
+    "whisper-1": "prod-whisper",
+    "tts-1": "prod-tts",
+    "dall-e-3": "prod-image",
+}
+DEPLOYMENTS = {
+    "prod-chat": "gpt-4o",
+    "prod-instruct": "gpt-35-turbo-instruct",
+    "prod-embed": "text-embedding-3-small",
+    "prod-whisper": "whisper",
+    "prod-tts": "tts",
+    "prod-image": "dall-e-3",
+}
+
+
+class EmulatorThread:
+    """The emulator on its own event loop, so sync and async SDK clients can both reach it."""
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.emulator: RunningEmulator = asyncio.run_coroutine_threadsafe(start_emulator(settings), self._loop).result(10)
+
+    @property
+    def url(self) -> str:
+        return self.emulator.url
+
+    def requests(self) -> list[RecordedRequest]:
+        return list(self.emulator.journal)
+
+    def last(self) -> RecordedRequest:
+        return self.emulator.journal[-1]
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.emulator.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@dataclass
+class Gateway:
+    http_url: str
+    https_url: str
+    admin_url: str
+    ca_file: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def upstream_pki(tmp_path_factory: pytest.TempPathFactory):
+    return ensure_dev_certificates(tmp_path_factory.mktemp("azure-pki"), extra_names=("localhost",))
+
+
+@pytest.fixture(scope="session")
+def azure(upstream_pki) -> Iterator[EmulatorThread]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(upstream_pki.server_cert, upstream_pki.server_key)
+    emulator = EmulatorThread(EmulatorSettings(api_keys=(SERVER_KEY,), deployments=DEPLOYMENTS, ssl_context=context))
+    yield emulator
+    emulator.stop()
+
+
+def write_config(directory: Path, **sections: str) -> Path:
+    http_port, https_port, admin_port = free_port(), free_port(), free_port()
+    lines = [
+        f"azure: {{api_version: '{API_VERSION}'}}",
+        "models: {" + ", ".join(f"'{k}': '{v}'" for k, v in MODEL_MAP.items()) + "}",
+        "unmapped_models: reject",
+        f"listen: {{address: 127.0.0.1, http_port: {http_port}, https_port: {https_port}}}",
+        f"envoy: {{admin_port: {admin_port}, concurrency: 1}}",
+        "extproc: {workers: 1}",
+        f"limits: {{max_request_body_bytes: {BODY_LIMIT}}}",
+        f"state_dir: {directory / 'state'}",
+        *(f"{key}: {value}" for key, value in sections.items()),
+    ]
+    path = directory / "gateway.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_gateway(directory: Path, azure_url: str, ca_file: Path, **sections: str) -> Gateway:
+    import yaml
+
+    config = write_config(directory, **sections)
+    parsed = yaml.safe_load(config.read_text())
+    env = {
+        **os.environ,
+        "AZURE_OPENAI_ENDPOINT": azure_url.replace("127.0.0.1", "localhost"),  # verified by hostname
+        "AZURE_OPENAI_API_KEY": SERVER_KEY,
+        "AZURE_OPENAI_CA_FILE": str(ca_file),
+    }
+    log = directory / "gateway.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "extproc", "--config", str(config), "up"],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    admin = f"http://127.0.0.1:{parsed['envoy']['admin_port']}"
+    deadline = time.monotonic() + 60
+    while not (_ready(admin + "/ready") and b"aoai-gateway is up" in log.read_bytes()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("gateway did not start:\n" + log.read_text())
+        time.sleep(0.1)
+    listen = parsed["listen"]
+    return Gateway(
+        http_url=f"http://127.0.0.1:{listen['http_port']}",
+        https_url=f"https://localhost:{listen['https_port']}",
+        admin_url=admin,
+        ca_file=directory / "state" / "tls" / "ca.crt",
+        log=log,
+        process=process,
+    )
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(20)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+        raise
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gw"), azure.url, upstream_pki.ca_cert)
+    yield gw
+    stop_gateway(gw)
+    assert gw.process.returncode == 0, gw.log.read_text()
+    # Nothing secret in what the gateway printed.
+    output = gw.log.read_text()
+    assert SERVER_KEY not in output and CLIENT_KEY not in output
