@@ -12,17 +12,21 @@ from .config import ConfigError, load_settings, redacted_dump
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m extproc", description=__doc__)
-    parser.add_argument("--config", "-c", help="YAML config file (default: $AOAI_GATEWAY_CONFIG, else none)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # --config and --log-level are accepted before or after the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                        help="YAML config file (default: $AOAI_GATEWAY_CONFIG, else none)")
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser = argparse.ArgumentParser(prog="python -m extproc", description=__doc__, parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="run Envoy + ext_proc (+ the emulator without an Azure endpoint) in the foreground")
-    serve = commands.add_parser("serve", help="run only the ext_proc gRPC service (sidecar containers)")
+    commands.add_parser("up", parents=[common],
+                        help="run Envoy + ext_proc (+ the emulator without an Azure endpoint) in the foreground")
+    serve = commands.add_parser("serve", parents=[common], help="run only the ext_proc gRPC service (sidecar containers)")
     serve.add_argument("--write-envoy-config", type=Path, metavar="PATH",
                        help="first render the Envoy config for these settings to PATH (for an Envoy container)")
-    commands.add_parser("health", help="exit 0 when every ext_proc worker answers gRPC health SERVING")
-    commands.add_parser("config", help="print the effective configuration, secrets redacted")
-    render = commands.add_parser("render-envoy", help="write the Envoy config for these settings and validate it")
+    commands.add_parser("health", parents=[common], help="exit 0 when every ext_proc worker answers gRPC health SERVING")
+    commands.add_parser("config", parents=[common], help="print the effective configuration, secrets redacted")
+    render = commands.add_parser("render-envoy", parents=[common], help="write the Envoy config for these settings and validate it")
     render.add_argument("--output", "-o", type=Path, required=True)
     render.add_argument("--tls-cert", type=Path, help="downstream certificate (default: listen.tls_cert_file)")
     render.add_argument("--tls-key", type=Path, help="downstream key (default: listen.tls_key_file)")
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.config = getattr(args, "config", None)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(args.config)
         if args.command == "config":

@@ -141,7 +141,11 @@ def _start_emulator(settings: Settings, env: dict[str, str], stack: Stack) -> tu
     print(f"No Azure endpoint configured: using the built-in Azure OpenAI emulator at {endpoint}")
     env = {**env, "AZURE_OPENAI_ENDPOINT": endpoint, "AZURE_OPENAI_API_KEY": key}
     azure = settings.azure.model_copy(update={"endpoint": endpoint, "api_key": SecretStr(key), "api_key_file": None})
-    return settings.model_copy(update={"azure": azure}), env
+    # With no model map, list the emulator's deployments in /v1/models so chat UIs have a choice.
+    models = settings.models or {name: name for name in DEFAULT_DEPLOYMENTS}
+    if not settings.models:
+        env["AZURE_OPENAI_MODEL_MAPPER"] = ",".join(f"{name}={name}" for name in models)
+    return settings.model_copy(update={"azure": azure, "models": models}), env
 
 
 def _port_open(port: int) -> bool:

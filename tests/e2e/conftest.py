@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import ssl
+
+import pytest
+import yaml
 
 from extproc.devtls import ensure_dev_certificates
 from extproc.emulator import EmulatorSettings, RecordedRequest, RunningEmulator, start_emulator
@@ -95,10 +97,13 @@ def azure(upstream_pki) -> Iterator[EmulatorThread]:
 
 def write_config(directory: Path, **sections: str) -> Path:
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
+    defaults = {
+        "models": "{" + ", ".join(f"'{k}': '{v}'" for k, v in MODEL_MAP.items()) + "}",
+        "unmapped_models": "reject",
+    }
+    sections = {**defaults, **sections}
     lines = [
         f"azure: {{api_version: '{API_VERSION}'}}",
-        "models: {" + ", ".join(f"'{k}': '{v}'" for k, v in MODEL_MAP.items()) + "}",
-        "unmapped_models: reject",
         f"listen: {{address: 127.0.0.1, http_port: {http_port}, https_port: {https_port}}}",
         f"envoy: {{admin_port: {admin_port}, concurrency: 1}}",
         "extproc: {workers: 1}",
@@ -119,17 +124,17 @@ def _ready(url: str) -> bool:
         return False
 
 
-def start_gateway(directory: Path, azure_url: str, ca_file: Path, **sections: str) -> Gateway:
-    import yaml
-
-    config = write_config(directory, **sections)
+def start_gateway(directory: Path, azure_url: str | None, ca_file: Path | None, **sections: str) -> Gateway:
+    """`python -m extproc up`; without `azure_url` it runs its own emulator."""
+    config = write_config(directory, **sections) if azure_url else write_config(directory, models="{}", unmapped_models="passthrough")
     parsed = yaml.safe_load(config.read_text())
-    env = {
-        **os.environ,
-        "AZURE_OPENAI_ENDPOINT": azure_url.replace("127.0.0.1", "localhost"),  # verified by hostname
-        "AZURE_OPENAI_API_KEY": SERVER_KEY,
-        "AZURE_OPENAI_CA_FILE": str(ca_file),
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "AOAI_GATEWAY_"))}
+    if azure_url:
+        env.update({
+            "AZURE_OPENAI_ENDPOINT": azure_url.replace("127.0.0.1", "localhost"),  # verified by hostname
+            "AZURE_OPENAI_API_KEY": SERVER_KEY,
+            "AZURE_OPENAI_CA_FILE": str(ca_file),
+        })
     log = directory / "gateway.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "extproc", "--config", str(config), "up"],

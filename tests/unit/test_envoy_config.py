@@ -1,0 +1,114 @@
+"""The Envoy config rendered from envoy/envoy.yaml, checked by the real Envoy (`--mode validate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from extproc import envoy_config
+from extproc.config import ConfigError, load_settings
+from extproc.devtls import ensure_dev_certificates
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> envoy_config.DownstreamTls:
+    dev = ensure_dev_certificates(tmp_path / "tls")
+    return envoy_config.DownstreamTls(dev.server_cert, dev.server_key)
+
+
+def settings_for(tmp_path: Path, **env: str):
+    return load_settings(env={"AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com", "AOAI_GATEWAY_STATE_DIR": str(tmp_path),
+                              "AOAI_GATEWAY_WORKERS": "3", **env})
+
+
+def ext_proc_filter(listener: dict) -> dict:
+    filters = listener["filter_chains"][-1]["filters"][0]["typed_config"]["http_filters"]
+    return next(f for f in filters if f["name"] == "envoy.filters.http.ext_proc")["typed_config"]
+
+
+def test_rendered_default_config_is_valid_and_safe(tmp_path: Path, tls) -> None:
+    settings = settings_for(tmp_path)
+    config = envoy_config.render(settings, tls)
+    path = envoy_config.write(config, tmp_path / "envoy.yaml")
+    envoy_config.validate(path)  # the real Envoy accepts it
+
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    http, https = config["static_resources"]["listeners"]
+    for listener in (http, https):
+        ext_proc = ext_proc_filter(listener)
+        assert ext_proc["failure_mode_allow"] is False
+        assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
+        assert ext_proc["processing_mode"]["response_header_mode"] == "SKIP"
+        assert listener["per_connection_buffer_limit_bytes"] == settings.limits.max_request_body_bytes
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    pipes = [e["endpoint"]["address"]["pipe"]["path"] for e in clusters["extproc"]["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert pipes == [str(p) for p in settings.socket_paths()] and len(pipes) == 3
+    upstream_tls = clusters["azure"]["transport_socket"]["typed_config"]
+    assert upstream_tls["sni"] == "res.openai.azure.com"
+    assert upstream_tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "res.openai.azure.com"}}]
+
+
+def test_http_emulator_endpoint_has_no_upstream_tls_and_custom_ca(tmp_path: Path, tls) -> None:
+    config = envoy_config.render(settings_for(tmp_path, AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9999"), tls)
+    azure = next(c for c in config["static_resources"]["clusters"] if c["name"] == "azure")
+    assert "transport_socket" not in azure
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    config = envoy_config.render(settings_for(tmp_path, AZURE_OPENAI_CA_FILE=str(ca)), tls)
+    azure = next(c for c in config["static_resources"]["clusters"] if c["name"] == "azure")
+    assert azure["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"] == {"filename": str(ca)}
+
+
+def test_ports_limits_and_timeouts_come_from_settings(tmp_path: Path) -> None:
+    config_file = tmp_path / "gw.yaml"
+    config_file.write_text("listen: {http_port: 18080, https_port: null}\nenvoy: {admin_port: 19901, upstream_idle_timeout_seconds: 60}\n"
+                           "extproc: {message_timeout_ms: 750}\nlimits: {max_request_body_bytes: 1048576}\n")
+    settings = load_settings(config_file, env={"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"})
+    config = envoy_config.render(settings, None)
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["name"] == "http" and listener["address"]["socket_address"]["port_value"] == 18080
+    assert listener["per_connection_buffer_limit_bytes"] == 1048576
+    assert ext_proc_filter(listener)["message_timeout"] == "0.75s"
+    assert config["admin"]["address"]["socket_address"]["port_value"] == 19901
+    assert envoy_config.grpc_max_message_bytes(settings) > 1048576
+
+
+def test_https_without_certificate_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="https_port"):
+        envoy_config.render(settings_for(tmp_path), None)
+
+
+def test_missing_endpoint_is_a_config_error(tmp_path: Path, tls) -> None:
+    with pytest.raises(ConfigError, match="AZURE_OPENAI_ENDPOINT"):
+        envoy_config.render(load_settings(env={}), tls)
+
+
+def test_the_template_itself_is_the_default_config() -> None:
+    template = yaml.safe_load(envoy_config.REPO_TEMPLATE.read_text())
+    listeners = {listener["name"] for listener in template["static_resources"]["listeners"]}
+    assert listeners == {"http", "https"}
+    assert template["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+
+
+def test_validate_reports_envoys_own_words(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("static_resources: {clusters: [{name: x, type: NOPE}]}\n")
+    with pytest.raises(ConfigError, match="Envoy rejected"):
+        envoy_config.validate(bad)
+
+
+def test_dev_certificates_are_reused_and_chain_to_the_ca(tmp_path: Path) -> None:
+    first = ensure_dev_certificates(tmp_path)
+    server_pem = first.server_cert.read_bytes()
+    second = ensure_dev_certificates(tmp_path)
+    assert second.server_cert.read_bytes() == server_pem  # reused, not regenerated
+    assert (tmp_path / "ca.key").stat().st_mode & 0o077 == 0 and first.server_key.stat().st_mode & 0o077 == 0
+    ca = x509.load_pem_x509_certificate(first.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(server_pem)
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
