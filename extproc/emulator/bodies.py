@@ -10,9 +10,6 @@ import orjson
 from aiohttp import BodyPartReader, MultipartReader, StreamReader
 from aiohttp.base_protocol import BaseProtocol
 
-_NOT_PARSED = object()
-
-
 @dataclass(frozen=True)
 class UploadedFile:
     filename: str
@@ -31,7 +28,8 @@ class Form:
     fields: dict[str, list[str]] = field(default_factory=dict)
     files: dict[str, list[UploadedFile]] = field(default_factory=dict)
 
-    def field(self, name: str) -> str | None:
+    def value(self, name: str) -> str | None:
+        """The first value of a (non-file) field."""
         values = self.fields.get(name)
         return values[0] if values else None
 
@@ -56,10 +54,8 @@ class Form:
 @dataclass(frozen=True)
 class ParsedBody:
     raw: bytes
-    json: Any = None  # the parsed JSON value, None if absent or unparseable
-    json_error: bool = False  # a JSON content type (or a JSON-looking body) that failed to parse
-    form: Form | None = None
-    form_error: bool = False
+    json: Any = None  # the parsed JSON value; None if absent or unparseable
+    form: Form | None = None  # None unless a well-formed multipart body
 
 
 def _is_multipart(content_type: str) -> bool:
@@ -79,13 +75,13 @@ async def parse_body(headers: Mapping[str, str], raw: bytes) -> ParsedBody:
         try:
             form = await _read_form(headers, raw)
         except (ValueError, AssertionError, RuntimeError):
-            return ParsedBody(raw=raw, form_error=True)
+            return ParsedBody(raw=raw)  # malformed: the router answers 400
         return ParsedBody(raw=raw, form=form)
     if _looks_like_json(content_type, raw):
         try:
             return ParsedBody(raw=raw, json=orjson.loads(raw))
         except orjson.JSONDecodeError:
-            return ParsedBody(raw=raw, json_error=True)
+            return ParsedBody(raw=raw)  # the router answers 400 where JSON is expected
     return ParsedBody(raw=raw)
 
 

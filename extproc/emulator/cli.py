@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-key", action="append", dest="api_keys", help=f"accepted api-key (repeatable; default {DEFAULT_API_KEY})"
     )
-    parser.add_argument("--bearer-token", action="append", dest="bearer_tokens", help="accepted bearer token (repeatable)")
+    parser.add_argument(
+        "--bearer-token", action="append", dest="bearer_tokens", help="accepted bearer token (repeatable)"
+    )
     parser.add_argument(
         "--deployment",
         action="append",

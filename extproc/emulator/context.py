@@ -14,7 +14,6 @@ from .errors import deployment_not_found, operation_not_supported
 from .faults import FaultPlan
 from .state import EmulatorState
 
-
 # Per-request values the middleware and the router hand each other.
 PARSED_BODY = web.RequestKey("emulator_parsed_body", ParsedBody)
 REQUEST_ID = web.RequestKey("emulator_request_id", str)
@@ -86,6 +85,3 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[web.StreamResponse]]
-
-# Synchronous builders shared with the batch runner: body + deployment -> response body.
-Builder = Callable[[dict[str, Any], Deployment], dict[str, Any]]

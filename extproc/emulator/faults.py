@@ -58,13 +58,11 @@ def _int(value: str | None) -> int | None:
 
 
 def injected_error(status: int, operation: str, api_version: str, retry_after_s: int | None) -> AzureError:
+    seconds = DEFAULT_RETRY_AFTER_S if retry_after_s is None else max(retry_after_s, 0)
     headers: dict[str, str] = {}
     if status == 429 or retry_after_s is not None:
-        seconds = DEFAULT_RETRY_AFTER_S if retry_after_s is None else max(retry_after_s, 0)
         # The openai SDK prefers retry-after-ms; Azure sends both.
         headers = {"Retry-After": str(seconds), "retry-after-ms": str(seconds * 1000)}
-    else:
-        seconds = DEFAULT_RETRY_AFTER_S
     return AzureError(status, _error_body(status, operation, api_version, seconds), headers)
 
 

@@ -20,6 +20,18 @@ def content_filter_results() -> dict[str, Any]:
     }
 
 
+def stream_preamble(prompts: int = 1) -> dict[str, Any]:
+    """Azure's first streamed event: no choices, blank identity, the prompts' filter results."""
+    return {
+        "choices": [],
+        "created": 0,
+        "id": "",
+        "model": "",
+        "object": "",
+        "prompt_filter_results": prompt_filter_results(prompts),
+    }
+
+
 def prompt_filter_results(prompts: int = 1) -> list[dict[str, Any]]:
     """Annotations on each prompt (Azure adds jailbreak detection on the input side)."""
     results = {

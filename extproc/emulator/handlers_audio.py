@@ -40,7 +40,7 @@ def _transcript(call: Call, task: str, wording: str) -> web.Response:
     if not uploads:
         raise missing_field("file")
     upload = uploads[0]
-    response_format = call.form.field("response_format") or "json"
+    response_format = call.form.value("response_format") or "json"
     if response_format not in _TRANSCRIPT_FORMATS:
         raise invalid_request(
             f"'{response_format}' is not one of {list(_TRANSCRIPT_FORMATS)} - 'response_format'",
@@ -53,7 +53,7 @@ def _transcript(call: Call, task: str, wording: str) -> web.Response:
         return json_response({"text": transcript})
     if response_format == "verbose_json":
         granularities = call.form.field_list("timestamp_granularities")
-        return json_response(_verbose(task, call.form.field("language"), transcript, duration, granularities))
+        return json_response(_verbose(task, call.form.value("language"), transcript, duration, granularities))
     body = {"text": transcript + "\n", "srt": _srt(transcript, duration), "vtt": _vtt(transcript, duration)}
     return web.Response(text=body[response_format], content_type="text/plain", charset="utf-8")
 

@@ -35,7 +35,9 @@ async def create_batch(call: Call) -> web.StreamResponse:
     if normalise_endpoint(str(endpoint)) not in ENDPOINTS:
         raise invalid_request(f"'{endpoint}' is not a supported batch endpoint.", param="endpoint")
     if window not in COMPLETION_WINDOWS:
-        raise invalid_request(f"'{window}' is not one of {list(COMPLETION_WINDOWS)} - 'completion_window'", param="completion_window")
+        raise invalid_request(
+            f"'{window}' is not one of {list(COMPLETION_WINDOWS)} - 'completion_window'", param="completion_window"
+        )
     if input_file_id not in call.state.files:
         raise invalid_request(f"File with id '{input_file_id}' was not found.", param="input_file_id")
     now = int(time.time())
@@ -109,7 +111,8 @@ async def get_batch(call: Call) -> web.StreamResponse:
 async def list_batches(call: Call) -> web.StreamResponse:
     for batch in call.state.batches.values():
         _advance(call.state, batch)
-    return json_response(paginate(list(call.state.batches.values()), call.request.query, default_limit=20, max_limit=100))
+    batches = list(call.state.batches.values())
+    return json_response(paginate(batches, call.request.query, default_limit=20, max_limit=100))
 
 
 async def cancel_batch(call: Call) -> web.StreamResponse:

@@ -11,7 +11,7 @@ from aiohttp import web
 from . import text
 from .context import Call, Deployment
 from .errors import invalid_request
-from .filters import content_filter_results, prompt_filter_results
+from .filters import content_filter_results, prompt_filter_results, stream_preamble
 from .ids import SYSTEM_FINGERPRINT, alphanumeric_id
 from .jsonio import json_response
 from .sse import DONE, SseWriter
@@ -56,7 +56,8 @@ def plan_chat(body: dict[str, Any], deployment: Deployment) -> ChatPlan:
     if not messages:
         raise invalid_request("[] is too short - 'messages'", param="messages")
     stream = flag(body, "stream")
-    if body.get("stream_options") is not None and not stream:
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not stream:
         raise invalid_request(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
         )
@@ -64,7 +65,6 @@ def plan_chat(body: dict[str, Any], deployment: Deployment) -> ChatPlan:
     if limit is None:
         limit = optional_int(body, "max_tokens", 1, 1_000_000)
     answer, truncated = text.truncate(text.echo(text.last_user_text(messages)), limit)
-    stream_options = body.get("stream_options")
     # ~4 tokens of framing per message, as OpenAI's chat format adds.
     prompt_tokens = sum(
         text.count_tokens(text.content_text(m.get("content"))) + 4 for m in messages if isinstance(m, dict)
@@ -118,10 +118,7 @@ async def create_chat_completion(call: Call) -> web.StreamResponse:
 
 async def _stream(call: Call, plan: ChatPlan) -> web.StreamResponse:
     sse = SseWriter(call.request, call.faults.chunk_interval_s)
-    # Azure's quirk: a first event with no choices, blank identity and the prompt's filter results.
-    await sse.send(
-        {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": prompt_filter_results()}
-    )
+    await sse.send(stream_preamble())
     frame: dict[str, Any] = {
         "created": plan.created,
         "id": plan.id,

@@ -11,7 +11,7 @@ from aiohttp import web
 from . import text
 from .context import Call, Deployment
 from .errors import invalid_request
-from .filters import content_filter_results, prompt_filter_results
+from .filters import content_filter_results, prompt_filter_results, stream_preamble
 from .ids import alphanumeric_id
 from .jsonio import json_response
 from .sse import DONE, SseWriter
@@ -119,16 +119,7 @@ async def create_completion(call: Call) -> web.StreamResponse:
 
 async def _stream(call: Call, plan: CompletionPlan) -> web.StreamResponse:
     sse = SseWriter(call.request, call.faults.chunk_interval_s)
-    await sse.send(
-        {
-            "choices": [],
-            "created": 0,
-            "id": "",
-            "model": "",
-            "object": "",
-            "prompt_filter_results": prompt_filter_results(plan.prompts),
-        }
-    )
+    await sse.send(stream_preamble(plan.prompts))
     frame = {"created": plan.created, "id": plan.id, "model": plan.model, "object": "text_completion"}
     for index, (answer, finish_reason) in enumerate(plan.answers):
         for chunk in text.split_chunks(answer, call.faults.chunks):
@@ -140,8 +131,8 @@ async def _stream(call: Call, plan: CompletionPlan) -> web.StreamResponse:
                 "text": chunk,
             }
             await sse.send({"choices": [choice], **frame})
-        final = {"content_filter_results": {}, "finish_reason": finish_reason, "index": index, "logprobs": None, "text": ""}
-        await sse.send({"choices": [final], **frame})
+        final = {"content_filter_results": {}, "finish_reason": finish_reason, "index": index, "logprobs": None}
+        await sse.send({"choices": [{**final, "text": ""}], **frame})
     if plan.include_usage:
         await sse.send({"choices": [], **frame, "usage": plan.usage})
     await sse.send(DONE)

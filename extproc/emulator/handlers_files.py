@@ -17,7 +17,9 @@ from .state import EmulatorState, StoredFile
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 
 
-def add_file(state: EmulatorState, purpose: str, filename: str, data: bytes, expires_after_s: int | None = None) -> dict[str, Any]:
+def add_file(
+    state: EmulatorState, purpose: str, filename: str, data: bytes, expires_after_s: int | None = None
+) -> dict[str, Any]:
     """Store a file and return its `file` object (also used for batch output files)."""
     created = int(time.time())
     info: dict[str, Any] = {
@@ -38,7 +40,7 @@ def add_file(state: EmulatorState, purpose: str, filename: str, data: bytes, exp
 
 async def upload_file(call: Call) -> web.StreamResponse:
     form = call.form
-    purpose = form.field("purpose")
+    purpose = form.value("purpose")
     if not purpose:
         raise missing_field("purpose")
     if purpose not in PURPOSES:
@@ -46,7 +48,7 @@ async def upload_file(call: Call) -> web.StreamResponse:
     uploads = form.file_list("file")
     if not uploads:
         raise missing_field("file")
-    seconds = form.field("expires_after[seconds]")
+    seconds = form.value("expires_after[seconds]")
     expires = int(seconds) if seconds and seconds.isdigit() else None
     return json_response(add_file(call.state, purpose, uploads[0].filename, uploads[0].data, expires))
 

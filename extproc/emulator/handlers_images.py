@@ -32,7 +32,9 @@ def _count(value: Any, deployment: Deployment) -> int:
     return count
 
 
-def _images(state: EmulatorState, deployment: Deployment, prompt: str, count: int, response_format: Any) -> dict[str, Any]:
+def _images(
+    state: EmulatorState, deployment: Deployment, prompt: str, count: int, response_format: Any
+) -> dict[str, Any]:
     # gpt-image-* only ever returns base64; DALL-E defaults to a (blob storage) URL.
     if _is_gpt_image(deployment):
         response_format = "b64_json"
@@ -81,9 +83,9 @@ async def edit_image(call: Call) -> web.StreamResponse:
     form = call.form
     if not form.file_list("image", "image[]"):
         raise missing_field("image")
-    prompt = form.field("prompt")
+    prompt = form.value("prompt")
     if not prompt:
         raise missing_field("prompt")
-    n = form.field("n")
-    count = _count(int(n) if n and n.isdigit() else None if n is None else n, call.target)
-    return json_response(_images(call.state, call.target, prompt, count, form.field("response_format")))
+    n = form.value("n")
+    count = _count(int(n) if n is not None and n.isdigit() else n, call.target)  # form values are strings
+    return json_response(_images(call.state, call.target, prompt, count, form.value("response_format")))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -82,51 +82,63 @@ def _skeleton(body: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
 
 
 def _message(item_id: str, answer: str, status: str) -> dict[str, Any]:
-    content = [{"type": "output_text", "annotations": [], "logprobs": [], "text": answer}] if status != "in_progress" else []
+    """The assistant message item; it has no content parts until it is done."""
+    part = {"type": "output_text", "annotations": [], "logprobs": [], "text": answer}
+    content = [] if status == "in_progress" else [part]
     return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
-def _plan(state: EmulatorState, body: dict[str, Any], deployment: Deployment) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    """Validate; return the in-progress response, its input items and the answer text."""
+@dataclass(frozen=True)
+class ResponsePlan:
+    started: dict[str, Any]  # the response as first announced: in progress, no output
+    final: dict[str, Any]  # the finished response
+    items: list[dict[str, Any]]  # normalised input items, for `input_items`
+
+    @property
+    def message(self) -> dict[str, Any]:
+        return self.final["output"][0]
+
+    @property
+    def output_text(self) -> str:
+        return self.message["content"][0]["text"]
+
+
+def plan_response(state: EmulatorState, body: dict[str, Any], deployment: Deployment) -> ResponsePlan:
     items = _input_items(require(body, "input"))
     previous = body.get("previous_response_id")
     if previous is not None and previous not in state.responses:
         raise invalid_request(f"Previous response with id '{previous}' not found.", param="previous_response_id")
-    optional_int(body, "max_output_tokens", 16, 1_000_000)
-    return _skeleton(body, deployment), items, text.echo(text.last_user_text(items))
-
-
-def _finish(response: dict[str, Any], items: list[dict[str, Any]], answer: str, item_id: str) -> dict[str, Any]:
-    final = copy.deepcopy(response)
-    answer, truncated = text.truncate(answer, response["max_output_tokens"])
-    final["status"] = "incomplete" if truncated else "completed"
-    if truncated:
-        final["incomplete_details"] = {"reason": "max_output_tokens"}
-    final["output"] = [_message(item_id, answer, final["status"])]
+    limit = optional_int(body, "max_output_tokens", 16, 1_000_000)
+    started = _skeleton(body, deployment)
+    answer, truncated = text.truncate(text.echo(text.last_user_text(items)), limit)
+    status = "incomplete" if truncated else "completed"
     input_tokens = sum(text.count_tokens(text.content_text(item.get("content"))) for item in items)
-    final["usage"] = _usage(input_tokens, text.count_tokens(answer))
-    return final
+    final = {
+        **started,
+        "status": status,
+        "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
+        "output": [_message(hex_id("msg_", 48), answer, status)],
+        "usage": _usage(input_tokens, text.count_tokens(answer)),
+    }
+    return ResponsePlan(started, final, items)
 
 
-def _store(state: EmulatorState, response: dict[str, Any], items: list[dict[str, Any]]) -> None:
-    if response["store"]:
-        state.responses[response["id"]] = StoredResponse(response, items)
+def _store(state: EmulatorState, plan: ResponsePlan) -> None:
+    if plan.final["store"]:
+        state.responses[plan.final["id"]] = StoredResponse(plan.final, plan.items)
 
 
 def build_response(state: EmulatorState, body: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
     """Non-streaming `response` object (shared with the batch runner)."""
-    skeleton, items, answer = _plan(state, body, deployment)
-    final = _finish(skeleton, items, answer, hex_id("msg_", 48))
-    _store(state, final, items)
-    return final
+    plan = plan_response(state, body, deployment)
+    _store(state, plan)
+    return plan.final
 
 
 async def create_response(call: Call) -> web.StreamResponse:
     if not flag(call.json, "stream"):
         return json_response(build_response(call.state, call.json, call.target))
-    skeleton, items, answer = _plan(call.state, call.json, call.target)
-    item_id = hex_id("msg_", 48)
-    final = _finish(skeleton, items, answer, item_id)
+    plan = plan_response(call.state, call.json, call.target)
     sse = SseWriter(call.request, call.faults.chunk_interval_s)
     sequence = 0
 
@@ -136,21 +148,21 @@ async def create_response(call: Call) -> web.StreamResponse:
         await sse.send({"type": event, "sequence_number": sequence, **fields}, event=event)
         sequence += 1
 
-    output_text = final["output"][0]["content"][0]["text"]
-    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    message, output_text = plan.message, plan.output_text
+    where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
     part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
-    await emit("response.created", response=skeleton)
-    await emit("response.in_progress", response=skeleton)
-    await emit("response.output_item.added", output_index=0, item=_message(item_id, "", "in_progress"))
+    await emit("response.created", response=plan.started)
+    await emit("response.in_progress", response=plan.started)
+    await emit("response.output_item.added", output_index=0, item=_message(message["id"], "", "in_progress"))
     await emit("response.content_part.added", **where, part=part)
     for delta in text.split_chunks(output_text, call.faults.chunks):
         await emit("response.output_text.delta", **where, delta=delta, logprobs=[])
     await emit("response.output_text.done", **where, text=output_text, logprobs=[])
     await emit("response.content_part.done", **where, part={**part, "text": output_text})
-    await emit("response.output_item.done", output_index=0, item=final["output"][0])
-    _store(call.state, final, items)
-    terminal = "response.completed" if final["status"] == "completed" else "response.incomplete"
-    await emit(terminal, response=final)
+    await emit("response.output_item.done", output_index=0, item=message)
+    _store(call.state, plan)
+    terminal = "response.completed" if plan.final["status"] == "completed" else "response.incomplete"
+    await emit(terminal, response=plan.final)
     return await sse.finish()
 
 

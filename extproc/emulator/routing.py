@@ -46,7 +46,6 @@ class Operation:
     feature: str = ""  # how Azure names the feature when the api-version is too old
 
 
-
 def _responses(name: str, handler: Handler, body: Body = Body.NONE, capability: Capability | None = None) -> Operation:
     """The Responses API only exists from this preview version on (or on v1)."""
     return Operation(name, handler, body, capability, "2025-03-01-preview", "Azure OpenAI Responses API")
@@ -60,7 +59,9 @@ DEPLOYMENT_OPERATIONS: dict[str, Operation] = {
     "completions": Operation(
         "Completions_Create", handlers_completions.create_completion, Body.JSON, Capability.COMPLETION
     ),
-    "embeddings": Operation("Embeddings_Create", handlers_embeddings.create_embeddings, Body.JSON, Capability.EMBEDDINGS),
+    "embeddings": Operation(
+        "Embeddings_Create", handlers_embeddings.create_embeddings, Body.JSON, Capability.EMBEDDINGS
+    ),
     "audio/transcriptions": Operation(
         "Transcriptions_Create", handlers_audio.create_transcription, Body.MULTIPART, Capability.TRANSCRIPTION
     ),
@@ -76,10 +77,18 @@ DEPLOYMENT_OPERATIONS: dict[str, Operation] = {
 
 # Operations addressed as /openai/<path> (and /openai/v1/<path>): (method, path, operation).
 RESOURCE_OPERATIONS: tuple[tuple[str, str, Operation], ...] = (
-    ("POST", "responses", _responses("Responses_Create", handlers_responses.create_response, Body.JSON, Capability.RESPONSES)),
+    (
+        "POST",
+        "responses",
+        _responses("Responses_Create", handlers_responses.create_response, Body.JSON, Capability.RESPONSES),
+    ),
     ("GET", "responses/{response_id}", _responses("Responses_Get", handlers_responses.get_response)),
     ("DELETE", "responses/{response_id}", _responses("Responses_Delete", handlers_responses.delete_response)),
-    ("GET", "responses/{response_id}/input_items", _responses("Responses_ListInputItems", handlers_responses.list_input_items)),
+    (
+        "GET",
+        "responses/{response_id}/input_items",
+        _responses("Responses_ListInputItems", handlers_responses.list_input_items),
+    ),
     ("POST", "files", Operation("Files_Upload", handlers_files.upload_file, Body.MULTIPART)),
     ("GET", "files", Operation("Files_List", handlers_files.list_files)),
     ("GET", "files/{file_id}", Operation("Files_Get", handlers_files.get_file)),
@@ -116,12 +125,14 @@ def endpoint(operation: Operation, surface: Surface) -> Handler:
         state = request.app[STATE]
         api_version = _check_api_version(request, operation, surface, state)
         body = request[PARSED_BODY]
+        deployments, capability = state.settings.deployments, operation.capability
         deployment = None
-        if operation.capability is not None and surface is Surface.DEPLOYMENT:
-            deployment = resolve_deployment(state.settings.deployments, request.match_info["deployment"], operation.capability)
+        # A deployment in the path is checked before the body; one named in the body, after it.
+        if capability is not None and surface is Surface.DEPLOYMENT:
+            deployment = resolve_deployment(deployments, request.match_info["deployment"], capability)
         _check_body(body, operation.body)
-        if operation.capability is not None and surface is not Surface.DEPLOYMENT:
-            deployment = resolve_deployment(state.settings.deployments, _model_from_body(body), operation.capability)
+        if capability is not None and surface is not Surface.DEPLOYMENT:
+            deployment = resolve_deployment(deployments, _model_from_body(body), capability)
         faults = FaultPlan.from_headers(request.headers, state.settings.default_chunk_interval_s)
         await faults.apply(operation.name, api_version)
         if deployment is not None:
@@ -155,7 +166,7 @@ def _check_body(body: ParsedBody, expected: Body) -> None:
 def _model_from_body(body: ParsedBody) -> str:
     model = body.json.get("model") if isinstance(body.json, dict) else None
     if model is None and body.form is not None:
-        model = body.form.field("model")
+        model = body.form.value("model")
     if not isinstance(model, str) or not model:
         raise missing_field("model")
     return model

@@ -13,6 +13,7 @@ from .state import STATE, EmulatorState
 
 # Audio uploads reach 25 MB and batch input files far more; aiohttp's 1 MB default is too small.
 MAX_BODY_BYTES = 512 * 1024 * 1024
+SHUTDOWN_TIMEOUT_S = 0.5
 
 
 def build_app(settings: EmulatorSettings) -> web.Application:
@@ -55,12 +56,19 @@ class RunningEmulator:
         await self.stop()
 
 
+def _url_host(host: str) -> str:
+    """How clients on this machine reach a bind address (0.0.0.0 is not an address to call)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 async def start_emulator(settings: EmulatorSettings | None = None) -> RunningEmulator:
     """Start listening and return once the socket is bound (port 0 picks a free port)."""
     settings = settings or EmulatorSettings()
     app = build_app(settings)
     # No access log: the middleware logs one line per request without headers (api keys).
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # A short shutdown timeout: stopping must not wait for slow streams to finish.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=settings.ssl_context)
     try:
@@ -70,7 +78,7 @@ async def start_emulator(settings: EmulatorSettings | None = None) -> RunningEmu
         raise
     port = runner.addresses[0][1]
     scheme = "https" if settings.ssl_context is not None else "http"
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    host = _url_host(settings.host)
     state = app[STATE]
     state.base_url = f"{scheme}://{host}:{port}"
     return RunningEmulator(runner, state, state.base_url, port)
