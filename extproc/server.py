@@ -2,6 +2,8 @@
 
 Envoy lists every socket as an endpoint of the `extproc` cluster (least-request balancing):
 Unix sockets have no SO_REUSEPORT, so separate sockets are how several processes share the load.
+The server is extproc/h2server.py (about a sixth of grpcio's CPU per request, see bench/);
+AOAI_GATEWAY_EXTPROC_RUNTIME=grpcio runs the same calls on grpcio's asyncio server instead.
 """
 
 from __future__ import annotations
@@ -14,15 +16,29 @@ import signal
 from pathlib import Path
 
 import grpc
-from envoy.service.ext_proc.v3.external_processor_pb2_grpc import add_ExternalProcessorServicer_to_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .config import Settings
 from .envoy_config import grpc_max_message_bytes
-from .service import ExternalProcessor
+from .h2server import NOT_FOUND, GrpcServer, RpcError
+from .service import PROCESS_METHOD, call_factory, grpcio_handler
 from .translate import Translator
 
 log = logging.getLogger(__name__)
+RUNTIME_ENV = "AOAI_GATEWAY_EXTPROC_RUNTIME"
+HEALTH_CHECK_METHOD = b"/grpc.health.v1.Health/Check"
+SERVED = ("", "envoy.service.ext_proc.v3.ExternalProcessor")
+_SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
+
+
+class _HealthCheck:
+    """grpc.health.v1 Check: SERVING for the server as a whole and for the ext_proc service."""
+
+    def on_message(self, message: bytes) -> tuple[tuple[bytes, ...], bool]:
+        service = health_pb2.HealthCheckRequest.FromString(message).service
+        if service not in SERVED:
+            raise RpcError(NOT_FOUND, "unknown service")
+        return (_SERVING,), True
 
 
 def _install_uvloop() -> None:
@@ -39,8 +55,24 @@ def _prepare_socket(path: Path) -> None:
         path.unlink()  # left over from a process that did not exit cleanly
 
 
-async def start_server(settings: Settings, socket_path: Path) -> grpc.aio.Server:
-    """Start one ext_proc gRPC server on `socket_path` (also serves gRPC health for probes)."""
+async def start_server(settings: Settings, socket_path: Path) -> GrpcServer | grpc.aio.Server:
+    """Start one ext_proc gRPC server on `socket_path` (also serves gRPC health for probes).
+
+    Either kind is stopped with `await server.stop(grace)`.
+    """
+    translator = Translator(settings)
+    _prepare_socket(socket_path)
+    if os.environ.get(RUNTIME_ENV) == "grpcio":
+        return await _start_grpcio(settings, translator, socket_path)
+    server = GrpcServer(
+        {PROCESS_METHOD: call_factory(translator), HEALTH_CHECK_METHOD: _HealthCheck},
+        max_message_bytes=grpc_max_message_bytes(settings),
+    )
+    await server.start(socket_path, mode=0o660)  # Envoy and the ext_proc share a group, not the world
+    return server
+
+
+async def _start_grpcio(settings: Settings, translator: Translator, socket_path: Path) -> grpc.aio.Server:
     max_message = grpc_max_message_bytes(settings)
     server = grpc.aio.server(
         options=[
@@ -49,15 +81,14 @@ async def start_server(settings: Settings, socket_path: Path) -> grpc.aio.Server
             ("grpc.so_reuseport", 0),
         ]
     )
-    add_ExternalProcessorServicer_to_server(ExternalProcessor(Translator(settings)), server)
+    server.add_generic_rpc_handlers((grpcio_handler(translator),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _prepare_socket(socket_path)
     server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
-    os.chmod(socket_path, 0o660)  # Envoy and the ext_proc share a group, not the world
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set("envoy.service.ext_proc.v3.ExternalProcessor", health_pb2.HealthCheckResponse.SERVING)
+    os.chmod(socket_path, 0o660)
+    for service in SERVED:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return server
 
 

@@ -68,6 +68,11 @@ class Translator:
         }
         self._models_list = Reply(200, orjson.dumps({"object": "list", "data": list(self._model_objects.values())}))
 
+    @property
+    def has_server_key(self) -> bool:
+        """Whether every forward carries the server's key (else the client's own credential)."""
+        return self._server_key is not None
+
     # --- compile time ---------------------------------------------------------------------------
 
     @staticmethod

@@ -1,0 +1,141 @@
+"""The three things the benchmark starts: the fake Azure upstream, Envoy alone (a), and the
+project's stack (b: Envoy + the ext_proc workers), all on free loopback ports.
+
+(a) is the project's own rendered Envoy config with the ext_proc filter removed and one route to
+the upstream: the same listener, access log, buffer limit and connection settings, so the
+difference between (a) and (b) is the Python hop and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc import envoy_config
+from extproc.config import load_settings
+from extproc.up import free_port
+
+from .procs import Proc, Processes, http_ok, wait_until
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SERVER_API_KEY = "bench-azure-key"
+MODEL_MAP = {"gpt-4o": "prod-chat"}
+
+
+@dataclass
+class Target:
+    """Something wrk can load: a URL and the processes whose CPU and memory are reported."""
+
+    label: str
+    url: str
+    envoy: Proc
+    extproc: Proc | None = None
+    workers: int = 0
+
+
+def _envoy_argv(config: Path, concurrency: int) -> list[str]:
+    return [envoy_config.envoy_binary(), "-c", str(config), "--concurrency", str(concurrency),
+            "--disable-hot-restart", "--log-level", "warn"]
+
+
+def _dump(config: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.dump(config, Dumper=envoy_config._NoAliasDumper, sort_keys=False))
+    return path
+
+
+def start_upstream(processes: Processes, concurrency: int, sse_chunks: int, sse_interval_ms: float) -> str:
+    """The fake Azure resource: Envoy's direct_response, and the SSE server behind it. Returns its URL."""
+    sse_port, port, admin = free_port(), free_port(), free_port()
+    processes.start("sse-server", [sys.executable, "-m", "bench.sse_server", "--port", str(sse_port),
+                                   "--chunks", str(sse_chunks), "--interval-ms", str(sse_interval_ms)],
+                    env={**os.environ, "PYTHONPATH": str(REPO)})
+    config = yaml.safe_load((HERE / "upstream.yaml").read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin
+    resources = config["static_resources"]
+    resources["listeners"][0]["address"]["socket_address"]["port_value"] = port
+    sse = resources["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    sse["address"]["socket_address"]["port_value"] = sse_port
+    path = _dump(config, processes.directory / "upstream-envoy.yaml")
+    processes.start("upstream-envoy", _envoy_argv(path, concurrency), stdout=Path(os.devnull))
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), processes, "the upstream Envoy")
+    return f"http://127.0.0.1:{port}"
+
+
+def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrency: int) -> tuple[Path, dict[str, Any]]:
+    raw = {
+        "azure": {"endpoint": upstream_url, "api_key": SERVER_API_KEY},
+        "models": MODEL_MAP,
+        "listen": {"address": "127.0.0.1", "http_port": free_port(), "https_port": None},
+        "envoy": {"admin_port": free_port(), "concurrency": concurrency},
+        "extproc": {"workers": workers, "socket_dir": str(directory / "run")},
+        "state_dir": str(directory),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path, raw
+
+
+def _clean_env() -> dict[str, str]:
+    """The run's environment without the operator's own gateway or Azure settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "AOAI_GATEWAY_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def start_plain(processes: Processes, upstream_url: str, concurrency: int) -> Target:
+    """(a) Envoy alone: the project's config minus the ext_proc, one route to the upstream."""
+    directory = processes.directory / "plain"
+    path, raw = _gateway_config(directory, upstream_url, 1, concurrency)
+    settings = load_settings(path, env={})
+    config = envoy_config.render(settings, None)
+    resources = config["static_resources"]
+    resources["clusters"] = [c for c in resources["clusters"] if c["name"] != "extproc"]
+    for listener in resources["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                hcm = network_filter["typed_config"]
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
+                hcm["route_config"]["virtual_hosts"][0]["routes"] = [
+                    {"match": {"prefix": "/v1/"}, "route": {"cluster": "azure", "timeout": "0s", "auto_host_rewrite": True}}
+                ]
+    rendered = envoy_config.write(config, directory / "envoy.yaml")
+    envoy = processes.start("plain-envoy", _envoy_argv(rendered, concurrency), stdout=Path(os.devnull))
+    admin = raw["envoy"]["admin_port"]
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), processes, "Envoy alone")
+    return Target("a", f"http://127.0.0.1:{raw['listen']['http_port']}", envoy)
+
+
+# (b) variants: the project's ext_proc as configured; the same on grpcio's asyncio server; and the
+# floor, bench/floor_extproc.py (constant answers), which shows Envoy's own share of (b)'s cost.
+VARIANTS = {"b": "ext_proc", "g": "ext_proc on grpcio", "f": "floor server"}
+
+
+def start_gateway(processes: Processes, upstream_url: str, workers: int, concurrency: int,
+                  variant: str = "b") -> Target:
+    """(b) the project's stack, started as `python -m extproc up` starts it."""
+    name = f"{variant}{workers}"
+    directory = processes.directory / f"gateway-{name}"
+    path, raw = _gateway_config(directory, upstream_url, workers, concurrency)
+    settings = load_settings(path, env={})
+    env = _clean_env()
+    sockets = settings.socket_paths()
+    if variant == "f":
+        argv = [sys.executable, "-m", "bench.floor_extproc", *(f"--socket={p}" for p in sockets)]
+    else:
+        argv = [sys.executable, "-m", "extproc", "--config", str(path), "--log-level", "WARNING", "serve"]
+        if variant == "g":
+            env["AOAI_GATEWAY_EXTPROC_RUNTIME"] = "grpcio"
+    extproc = processes.start(f"extproc-{name}", argv, env=env)
+    wait_until(lambda: all(p.is_socket() for p in sockets), processes, "the ext_proc sockets")
+    rendered = envoy_config.prepare(settings, directory / "envoy.yaml")
+    envoy = processes.start(f"envoy-{name}", _envoy_argv(rendered, concurrency), env=env, stdout=Path(os.devnull))
+    admin = raw["envoy"]["admin_port"]
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), processes, "the gateway's Envoy")
+    return Target(name, f"http://127.0.0.1:{raw['listen']['http_port']}", envoy, extproc, workers)
