@@ -1,0 +1,286 @@
+"""Each way to run the gateway that the project ships (compose, each Kubernetes pod, systemd), read
+from its artifact into one shape: the ext_proc's command, environment and files, Envoy's command,
+and which container paths the two share. `materialize` lays the container paths out in a temporary
+directory, so the project's own renderer and the real Envoy can check them here."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extproc.config import Settings, load_settings
+from extproc.devtls import ensure_dev_certificates
+
+from .helpers import (
+    KUSTOMIZATIONS,
+    REPO,
+    SYSTEMD,
+    TEMPLATE,
+    compose_resolved,
+    container,
+    container_env,
+    find,
+    healthcheck_argv,
+    kustomize,
+    mounts_of,
+    parse_dockerfile,
+    pod_specs,
+    read_env_file,
+    remap,
+    remap_tree,
+    service_environment,
+    service_mounts,
+    volume_sources,
+)
+
+
+@dataclass
+class Flavour:
+    name: str
+    extproc_argv: list[str]  # after `python -m extproc`
+    env: dict[str, str]  # the ext_proc's environment (image ENV, then the artifact's)
+    envoy_argv: list[str]  # after the envoy binary
+    # container path -> volume id, for each of the two processes
+    extproc_mounts: dict[str, str]
+    envoy_mounts: dict[str, str]
+    files: dict[str, str] = field(default_factory=dict)  # container path -> content (config files)
+    tls_files: list[tuple[str, str]] = field(default_factory=list)  # (cert, key) to provide
+    extproc_probes: list[list[str]] = field(default_factory=list)
+    envoy_probes: list[list[str]] = field(default_factory=list)
+    read_only_envoy_mounts: set[str] = field(default_factory=set)
+
+    @property
+    def rendered_path(self) -> str:
+        return self.extproc_argv[self.extproc_argv.index("--write-envoy-config") + 1]
+
+    @property
+    def envoy_config_path(self) -> str:
+        return self.envoy_argv[self.envoy_argv.index("-c") + 1]
+
+    def container_settings(self) -> Settings:
+        """The settings as the ext_proc sees them in its container (container paths)."""
+        env = dict(self.env)
+        config_path = env.pop("AOAI_GATEWAY_CONFIG", None)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "config.yaml"
+            config.write_text(self.files[config_path] if config_path else "")
+            return load_settings(config, env=env)
+
+
+def image_env() -> tuple[dict[str, str], dict[str, Path]]:
+    """The Dockerfile's ENV (but PATH), and where its COPY of the template comes from."""
+    dockerfile = parse_dockerfile()
+    env = {k: v for k, v in dockerfile.env().items() if k != "PATH"}
+    copies = {destination: REPO / source for source, destination in dockerfile.copies().items()}
+    return env, copies
+
+
+def compose_flavour(variables: dict[str, str] | None = None, name: str = "compose") -> Flavour:
+    services = compose_resolved(variables)["services"]
+    extproc, envoy = services["extproc"], services["envoy"]
+    env, _ = image_env()
+    env.update(service_environment(extproc))
+    files = {}
+    extproc_mounts, envoy_mounts = {}, {}
+    for mount in service_mounts(extproc):
+        if mount.named:
+            extproc_mounts[mount.target] = mount.source
+        else:
+            files[mount.target] = (REPO / mount.source).read_text()
+    for mount in service_mounts(envoy):
+        if mount.named:
+            envoy_mounts[mount.target] = mount.source
+    assert envoy["entrypoint"] == ["/usr/local/bin/envoy"]
+    return Flavour(
+        name=name,
+        extproc_argv=list(extproc["command"]),
+        env=env,
+        envoy_argv=list(envoy["command"]),
+        extproc_mounts=extproc_mounts,
+        envoy_mounts=envoy_mounts,
+        files=files,
+        extproc_probes=[healthcheck_argv(extproc)],
+        envoy_probes=[healthcheck_argv(envoy)],
+        read_only_envoy_mounts={m.target for m in service_mounts(envoy) if m.read_only},
+    )
+
+
+def _probe_commands(pod_container: dict[str, Any]) -> list[list[str]]:
+    return [pod_container[p]["exec"]["command"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
+            if p in pod_container and "exec" in pod_container[p]]
+
+
+def kubernetes_flavours() -> list[Flavour]:
+    if shutil.which("kubectl") is None:  # test_kubernetes.py fails for it
+        return []
+    flavours = []
+    for kustomization in KUSTOMIZATIONS:
+        docs = kustomize(kustomization)
+        for owner, pod in pod_specs(docs):
+            extproc = container(pod, "extproc")
+            envoy = container(pod, "envoy")
+            if extproc is None:
+                continue
+            assert envoy is not None
+            env, _ = image_env()
+            env.update(container_env(docs, extproc))
+            volumes = volume_sources(pod)
+            files: dict[str, str] = {}
+            tls_files: list[tuple[str, str]] = []
+            for path, mount in mounts_of(extproc).items():
+                volume = volumes[mount["name"]]
+                if "configMap" in volume:
+                    config_map = find(docs, "ConfigMap", volume["configMap"]["name"])
+                    assert config_map is not None
+                    for key, content in config_map["data"].items():
+                        files[f"{path}/{key}"] = content
+                if "secret" in volume:
+                    tls_files.append((f"{path}/tls.crt", f"{path}/tls.key"))
+            assert envoy["command"] == ["/usr/local/bin/envoy"]
+            flavours.append(Flavour(
+                name=f"kubernetes:{kustomization}:{owner['metadata']['name']}",
+                extproc_argv=list(extproc["args"]),
+                env=env,
+                envoy_argv=list(envoy["args"]),
+                extproc_mounts={p: m["name"] for p, m in mounts_of(extproc).items()},
+                envoy_mounts={p: m["name"] for p, m in mounts_of(envoy).items()},
+                files=files,
+                tls_files=tls_files,
+                extproc_probes=_probe_commands(extproc),
+                envoy_probes=_probe_commands(envoy),
+                read_only_envoy_mounts={p for p, m in mounts_of(envoy).items() if m.get("readOnly")},
+            ))
+    return flavours
+
+
+def parse_unit(path: Path) -> list[tuple[str, str, str]]:
+    """(section, key, value) for every assignment, in order (keys may repeat)."""
+    entries = []
+    section = ""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: {line!r}"
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+def unit_values(path: Path, key: str) -> list[str]:
+    return [value for _, k, value in parse_unit(path) if k == key]
+
+
+def unit_environment(path: Path) -> dict[str, str]:
+    env = {}
+    for value in unit_values(path, "Environment"):
+        for assignment in shlex.split(value):
+            name, _, setting = assignment.partition("=")
+            env[name] = setting
+    return env
+
+
+def _expand(argv: list[str], env: dict[str, str]) -> list[str]:
+    """systemd's ${VAR} in ExecStart (whole words only here)."""
+    out = []
+    for word in argv:
+        if word.startswith("${") and word.endswith("}"):
+            out.append(env[word[2:-1]])
+        else:
+            out.append(word.replace("$$", "$"))
+    return out
+
+
+SYSTEMD_EXTPROC = SYSTEMD / "aoai-gateway-extproc.service"
+SYSTEMD_ENVOY = SYSTEMD / "aoai-gateway-envoy.service"
+SYSTEMD_ENV_EXAMPLE = SYSTEMD / "aoai-gateway.env.example"
+SYSTEMD_CONFIG = SYSTEMD / "config.yaml"
+VENV = "/opt/aoai-gateway/venv/bin/"
+
+
+def systemd_flavour() -> Flavour:
+    env = unit_environment(SYSTEMD_EXTPROC)
+    (env_file,) = unit_values(SYSTEMD_EXTPROC, "EnvironmentFile")
+    env.update({k: v for k, v in read_env_file(SYSTEMD_ENV_EXAMPLE).items()})
+    env["AZURE_OPENAI_API_KEY"] = env.get("AZURE_OPENAI_API_KEY") or "sample-key"
+    (extproc_start,) = unit_values(SYSTEMD_EXTPROC, "ExecStart")
+    extproc_argv = shlex.split(extproc_start)
+    assert extproc_argv[:3] == [VENV + "python", "-m", "extproc"], extproc_argv
+    (envoy_start,) = unit_values(SYSTEMD_ENVOY, "ExecStart")
+    envoy_argv = _expand(shlex.split(envoy_start), unit_environment(SYSTEMD_ENVOY))
+    assert envoy_argv[0] == VENV + "envoy", envoy_argv
+    (runtime,) = unit_values(SYSTEMD_EXTPROC, "RuntimeDirectory")
+    (state,) = unit_values(SYSTEMD_EXTPROC, "StateDirectory")
+    shared = {f"/run/{runtime}": "runtime", f"/var/lib/{state}": "state"}
+    post = [shlex.split(v) for v in unit_values(SYSTEMD_EXTPROC, "ExecStartPost")]
+    return Flavour(
+        name="systemd",
+        extproc_argv=extproc_argv[3:],
+        env=env,
+        envoy_argv=envoy_argv[1:],
+        extproc_mounts=shared,
+        envoy_mounts=dict(shared),
+        files={env["AOAI_GATEWAY_CONFIG"]: SYSTEMD_CONFIG.read_text(), env_file: SYSTEMD_ENV_EXAMPLE.read_text()},
+        extproc_probes=post,
+    )
+
+
+def all_flavours() -> list[Flavour]:
+    return [compose_flavour(), compose_flavour({}, "compose (no .env)"), *kubernetes_flavours(), systemd_flavour()]
+
+
+@dataclass
+class Materialized:
+    paths: dict[str, Path]  # container path prefix -> host path
+    env: dict[str, str]
+
+    def host(self, container_path: str) -> Path:
+        return Path(remap(container_path, self.paths))
+
+
+def materialize(flavour: Flavour, root: Path, overrides: dict[str, Any] | None = None) -> Materialized:
+    """Lay out the flavour's volumes and files under `root`; the returned env and paths are the host's.
+    `overrides` are merged into the ext_proc's config file (ports for tests)."""
+    paths: dict[str, Path] = {}
+    for container_path, volume in {**flavour.extproc_mounts, **flavour.envoy_mounts}.items():
+        host = root / "volumes" / volume.replace("/", "_")
+        host.mkdir(parents=True, exist_ok=True)
+        paths[container_path] = host
+    _, copies = image_env()
+    paths.update({destination: source for destination, source in copies.items()})
+    for container_path in flavour.files:
+        if remap(container_path, paths) == container_path:
+            paths[container_path] = root / "files" / container_path.strip("/").replace("/", "_")
+    for cert, key in flavour.tls_files:
+        for container_path in (cert, key):
+            if remap(container_path, paths) == container_path:
+                paths[container_path] = root / "files" / container_path.strip("/").replace("/", "_")
+    env = {key: remap(value, paths) for key, value in flavour.env.items()}
+    config_path = flavour.env.get("AOAI_GATEWAY_CONFIG")
+    for container_path, content in flavour.files.items():
+        host = Path(remap(container_path, paths))
+        host.parent.mkdir(parents=True, exist_ok=True)
+        if container_path == config_path:
+            config = remap_tree(yaml.safe_load(content) or {}, paths)
+            for section, values in (overrides or {}).items():
+                if isinstance(values, dict):
+                    config[section] = {**(config.get(section) or {}), **values}
+                else:
+                    config[section] = values
+            content = yaml.safe_dump(config)
+        host.write_text(content)
+    for cert, key in flavour.tls_files:
+        dev = ensure_dev_certificates(root / "tls-source")
+        Path(remap(cert, paths)).write_bytes(dev.server_cert.read_bytes())
+        Path(remap(key, paths)).write_bytes(dev.server_key.read_bytes())
+    assert TEMPLATE.is_file()
+    return Materialized(paths, env)

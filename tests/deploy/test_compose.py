@@ -1,0 +1,157 @@
+"""docker-compose.yml against the Compose Specification's JSON schema, and what it promises."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from importlib.resources import files
+from typing import Any
+
+import jsonschema
+import pytest
+
+from .helpers import (
+    ENV_EXAMPLE,
+    compose_raw,
+    compose_resolved,
+    healthcheck_argv,
+    interpolate,
+    read_env_file,
+    service_environment,
+    service_mounts,
+    variables_used,
+)
+
+SHARED_DIR = "/run/aoai-gateway"
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    # The compose-spec schema vendored by check-jsonschema (`--builtin-schema vendor.compose-spec`).
+    schema = json.loads((files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator_class.check_schema(schema)
+    return validator_class(schema)
+
+
+def _errors(document: Any) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator().iter_errors(document)]
+
+
+@pytest.mark.parametrize("variables", ["env.example", "no .env", "azure"])
+def test_compose_file_matches_the_compose_specification(variables: str) -> None:
+    env = {
+        "env.example": read_env_file(ENV_EXAMPLE),
+        "no .env": {},
+        "azure": {"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com", "AZURE_OPENAI_API_KEY": "k",
+                  "AOAI_GATEWAY_BIND": "0.0.0.0"},
+    }[variables]
+    assert _errors(compose_raw()) == []
+    assert _errors(compose_resolved(env)) == []
+
+
+def test_the_schema_is_strict_enough_to_catch_mistakes() -> None:
+    """The vendored schema really checks the parts this file relies on."""
+    document = compose_raw()
+    broken = copy.deepcopy(document)
+    broken["services"]["envoy"]["depends_on"]["extproc"]["condition"] = "service_up"
+    assert _errors(broken)
+    broken = copy.deepcopy(document)
+    broken["services"]["emulator"]["profiles"] = "demo"
+    assert _errors(broken)
+    broken = copy.deepcopy(document)
+    broken["services"]["extproc"]["healthcheck"]["retry"] = 3
+    assert _errors(broken)
+    broken = copy.deepcopy(document)
+    broken["services"]["envoy"]["readonly"] = True
+    assert _errors(broken)
+
+
+def test_every_variable_is_documented_in_env_example() -> None:
+    documented = set(read_env_file(ENV_EXAMPLE))
+    assert variables_used(compose_raw()) <= documented
+    # .env.example as shipped holds no secret: every value is empty.
+    assert all(value == "" for value in read_env_file(ENV_EXAMPLE).values())
+
+
+def test_demo_profile_needs_no_azure_account() -> None:
+    """With no .env (or .env.example copied unchanged) the ext_proc calls the demo's emulator."""
+    for env in ({}, read_env_file(ENV_EXAMPLE)):
+        model = compose_resolved(env)
+        services = model["services"]
+        endpoint = service_environment(services["extproc"])["AZURE_OPENAI_ENDPOINT"]
+        emulator = services["emulator"]
+        port = emulator["command"][emulator["command"].index("--port") + 1]
+        assert endpoint == f"http://emulator:{port}"
+        assert emulator["profiles"] == ["demo"]
+        assert "demo" in services["open-webui"]["profiles"]
+        # The emulator accepts the key the example app sends (the ext_proc forwards it: no server key).
+        assert service_environment(services["extproc"])["AZURE_OPENAI_API_KEY"] == ""
+        api_key = emulator["command"][emulator["command"].index("--api-key") + 1]
+        assert service_environment(services["open-webui"])["OPENAI_API_KEY"] == api_key
+        # Every service a default profile starts runs without the demo.
+        assert "profiles" not in services["extproc"] and "profiles" not in services["envoy"]
+
+
+def test_azure_settings_come_from_env() -> None:
+    env = {"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com", "AZURE_OPENAI_API_KEY": "secret",
+           "AZURE_OPENAI_MODEL_MAPPER": "gpt-4o=prod"}
+    environment = service_environment(compose_resolved(env)["services"]["extproc"])
+    assert environment["AZURE_OPENAI_ENDPOINT"] == "https://r.openai.azure.com"
+    assert environment["AZURE_OPENAI_API_KEY"] == "secret"
+    assert environment["AZURE_OPENAI_MODEL_MAPPER"] == "gpt-4o=prod"
+    assert "secret" not in json.dumps(compose_raw())
+
+
+def test_envoy_waits_for_a_healthy_extproc_and_shares_its_volume() -> None:
+    services = compose_resolved()["services"]
+    envoy, extproc = services["envoy"], services["extproc"]
+    assert envoy["depends_on"]["extproc"]["condition"] == "service_healthy"
+    assert services["open-webui"]["depends_on"]["envoy"]["condition"] == "service_healthy"
+    assert healthcheck_argv(extproc) == ["python", "-m", "extproc", "health"]
+    assert "/ready" in " ".join(healthcheck_argv(envoy))
+    for service in ("extproc", "envoy", "emulator"):
+        assert "healthcheck" in services[service], service
+    extproc_run = next(m for m in service_mounts(extproc) if m.target == SHARED_DIR)
+    envoy_run = next(m for m in service_mounts(envoy) if m.target == SHARED_DIR)
+    assert extproc_run.named and extproc_run.source == envoy_run.source
+    assert not extproc_run.read_only and envoy_run.read_only
+    assert extproc_run.source in compose_raw()["volumes"]
+
+
+@pytest.mark.parametrize("name", ["extproc", "envoy", "emulator"])
+def test_gateway_containers_are_hardened(name: str) -> None:
+    service = compose_resolved()["services"][name]
+    assert service["user"] == "10001:10001"
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert "privileged" not in service and "cap_add" not in service
+
+
+def test_ports_are_published_on_localhost_by_default() -> None:
+    for env in ({}, read_env_file(ENV_EXAMPLE)):
+        services = compose_resolved(env)["services"]
+        published = [p for s in services.values() for p in s.get("ports") or []]
+        assert published and all(p.startswith("127.0.0.1:") for p in published), published
+        assert not any("9901" in p for p in published), "the Envoy admin stays inside the container"
+
+
+def test_images_are_pinned() -> None:
+    for name, service in compose_resolved()["services"].items():
+        image = service["image"]
+        assert ":" in image.rpartition("/")[2] and not image.endswith(":latest"), f"{name}: {image}"
+
+
+def test_example_app_points_at_envoy() -> None:
+    services = compose_resolved()["services"]
+    base_url = service_environment(services["open-webui"])["OPENAI_API_BASE_URL"]
+    http_port = next(p for p in services["envoy"]["ports"] if p.endswith(":8080")).rpartition(":")[2]
+    assert base_url == f"http://envoy:{http_port}/v1"
+
+
+def test_interpolation_follows_compose() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET:-d} ${EMPTY:-d} ${UNSET:-d} ${EMPTY-d} ${UNSET-d} $$SET $SET", env) == "x d d  d $SET x"
+    assert interpolate("${SET:+alt}|${EMPTY:+alt}|${EMPTY+alt}", env) == "alt||alt"

@@ -1,0 +1,200 @@
+"""docker-compose.yml run as compose would run it, with processes instead of containers (no Docker
+engine here): the `demo` profile's emulator, the ext_proc and Envoy, each started with its compose
+service's command and environment (.env = .env.example, copied unchanged), the image's entrypoint and
+ENV, and the container paths of their volumes laid out in a temporary directory. Envoy starts when the
+ext_proc's compose healthcheck passes, and runs the config the ext_proc rendered into the shared
+volume. Then the example app's settings (OPENAI_API_BASE_URL, OPENAI_API_KEY) send a real request
+with the openai SDK through Envoy to the emulator.
+
+What differs from containers, and only this: every server binds 127.0.0.1 on a free port (the
+compose config file's ports, and the emulator's, are overridden; compose service names resolve to
+127.0.0.1), and `python`/`/usr/local/bin/envoy` are this environment's (the same Envoy version)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from extproc.up import free_port
+
+from .flavours import compose_flavour, materialize
+from .helpers import (
+    ENV_EXAMPLE,
+    compose_resolved,
+    flag_value,
+    healthcheck_argv,
+    parse_dockerfile,
+    read_env_file,
+    remap,
+    require_tool,
+    service_environment,
+    venv_bin,
+)
+
+START_TIMEOUT_S = 30.0
+ADMIN_PORT = 9901  # deploy/compose/config.yaml's envoy.admin_port, asserted below
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        self.running.append((name, process))
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def wait_for(self, what: str, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for name, process in self.running:
+                if process.poll() is not None:
+                    pytest.fail(f"{name} exited with {process.returncode} waiting for {what}:\n{self.log(name)}")
+            if check():
+                return
+            time.sleep(0.1)
+        pytest.fail(f"timed out waiting for {what}:\n" + "\n".join(f"--- {n}\n{self.log(n)}" for n, _ in self.running))
+
+    def stop(self) -> None:
+        for name, process in reversed(self.running):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    with tempfile.TemporaryDirectory(prefix="aoai-logs-") as logs:
+        running = Processes(Path(logs))
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+def _exits_zero(argv: list[str], env: dict[str, str]) -> Callable[[], bool]:
+    def check() -> bool:
+        return subprocess.run(argv, env=env, capture_output=True, timeout=10).returncode == 0
+
+    return check
+
+
+def _replace_words(argv: list[str], replacements: dict[str, str]) -> list[str]:
+    return [replacements.get(word, word) for word in argv]
+
+
+def test_demo_profile_serves_a_request_through_envoy(processes: Processes) -> None:
+    bash = require_tool("bash", "bash")
+    variables = read_env_file(ENV_EXAMPLE)  # `cp .env.example .env`, nothing filled in
+    services = compose_resolved(variables)["services"]
+    dockerfile = parse_dockerfile()
+    entrypoint = dockerfile.exec_form("ENTRYPOINT")
+    binaries = {"python": sys.executable, "/usr/local/bin/envoy": venv_bin("envoy"), "bash": bash}
+    base_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+    # Compose's network: service name -> {container port: the port its stand-in listens on}.
+    envoy_ports = {int(p.rpartition(":")[2]): free_port() for p in services["envoy"]["ports"]}
+    emulator_port = int(flag_value(services["emulator"]["command"], "--port"))
+    network = {"envoy": {**envoy_ports, ADMIN_PORT: free_port()}, "emulator": {emulator_port: free_port()}}
+
+    def resolve(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.hostname in network:
+            port = network[parts.hostname][parts.port or 80]
+            return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+        return url
+
+    with tempfile.TemporaryDirectory(prefix="aoai-") as tmp:  # short: Unix socket paths
+        root = Path(tmp)
+        flavour = compose_flavour(variables)
+        assert flavour.extproc_argv == services["extproc"]["command"]
+        config = flavour.container_settings()
+        assert config.envoy.admin_port == ADMIN_PORT
+        assert {config.listen.http_port, config.listen.https_port} == set(envoy_ports)
+        layout = materialize(flavour, root, overrides={
+            "listen": {"address": "127.0.0.1", "http_port": network["envoy"][config.listen.http_port],
+                       "https_port": network["envoy"][config.listen.https_port]},
+            "envoy": {"admin_port": network["envoy"][ADMIN_PORT]},
+        })
+        image_env = {key: remap(value, layout.paths) for key, value in dockerfile.env().items() if key != "PATH"}
+
+        # The emulator (profile demo): its compose command, on loopback.
+        emulator = services["emulator"]
+        assert emulator["profiles"] == ["demo"]
+        emulator_argv = _replace_words(entrypoint + emulator["command"], binaries)
+        emulator_argv[emulator_argv.index("--host") + 1] = "127.0.0.1"
+        emulator_argv[emulator_argv.index("--port") + 1] = str(network["emulator"][emulator_port])
+        emulator_env = {**base_env, **image_env, **service_environment(emulator)}
+        processes.start("emulator", emulator_argv, emulator_env, root)
+        emulator_health = [word.replace(str(emulator_port), str(network["emulator"][emulator_port]))
+                           for word in _replace_words(healthcheck_argv(emulator), binaries)]
+        processes.wait_for("the emulator's healthcheck", _exits_zero(emulator_health, emulator_env))
+
+        # The ext_proc: image entrypoint + compose command, image ENV + compose environment.
+        extproc_env = {**base_env, **{k: resolve(v) for k, v in layout.env.items()}}
+        assert extproc_env["AZURE_OPENAI_ENDPOINT"] == f"http://127.0.0.1:{network['emulator'][emulator_port]}"
+        extproc_argv = _replace_words(entrypoint + [remap(a, layout.paths) for a in flavour.extproc_argv], binaries)
+        processes.start("extproc", extproc_argv, extproc_env, root)
+        extproc_health = _replace_words(healthcheck_argv(services["extproc"]), binaries)
+        processes.wait_for("the ext_proc's healthcheck (depends_on: service_healthy)",
+                           _exits_zero(extproc_health, extproc_env))
+
+        # Envoy: the compose entrypoint + command, reading the rendered config from the shared volume.
+        envoy = services["envoy"]
+        rendered = layout.host(flavour.rendered_path)
+        assert rendered.is_file()
+        envoy_argv = _replace_words(envoy["entrypoint"] + [remap(a, layout.paths) for a in envoy["command"]], binaries)
+        assert flag_value(envoy_argv, "-c") == str(rendered)
+        processes.start("envoy", envoy_argv, {**base_env, **service_environment(envoy)}, root)
+        envoy_health = [word.replace(f"/{ADMIN_PORT}", f"/{network['envoy'][ADMIN_PORT]}")
+                        for word in _replace_words(healthcheck_argv(envoy), binaries)]
+        processes.wait_for("Envoy's healthcheck (/ready)", _exits_zero(envoy_health, base_env))
+
+        # The example app's settings, unchanged, with the openai SDK.
+        app = service_environment(services["open-webui"])
+        client = OpenAI(base_url=resolve(app["OPENAI_API_BASE_URL"]), api_key=app["OPENAI_API_KEY"], max_retries=0)
+        model_ids = {model.id for model in client.models.list()}
+        assert {"gpt-4o", "gpt-4o-mini"} <= model_ids, "the demo's model map, listed for the app"
+        completion = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello from docker-compose.yml"}]
+        )
+        assert completion.choices[0].message.content
+
+        journal_url = f"http://127.0.0.1:{network['emulator'][emulator_port]}/_emulator/requests"
+        with urllib.request.urlopen(journal_url, timeout=5) as response:  # noqa: S310 - loopback
+            journal = json.loads(response.read())
+        chats = [r for r in journal if r["path"] == "/openai/deployments/gpt-4o-mini/chat/completions"]
+        assert len(chats) == 1, [r["path"] for r in journal]
+        assert chats[0]["headers"]["api-key"] == app["OPENAI_API_KEY"], "the app's key, forwarded as api-key"
+        assert "authorization" not in chats[0]["headers"]
+        assert chats[0]["json"]["messages"][0]["content"] == "Hello from docker-compose.yml"
+
+        # HTTPS on the published 8443 with the development CA the ext_proc made in the shared volume.
+        ca = layout.host(str(config.state_path / "tls" / "ca.crt"))
+        https = network["envoy"][config.listen.https_port]
+        reply = httpx.get(f"https://localhost:{https}/v1/models", verify=ssl.create_default_context(cafile=ca), timeout=10)
+        assert reply.status_code == 200 and reply.json()["object"] == "list"
+        assert oct(os.stat(layout.host(str(config.state_path / "tls" / "server.key"))).st_mode & 0o777) == "0o600"
