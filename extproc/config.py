@@ -128,7 +128,9 @@ class EndpointSettings(_Strict):
 
 
 class ListenSettings(_Strict):
-    address: str = "0.0.0.0"
+    # This machine only by default: anyone who reaches the listener spends the Azure key, and the
+    # gateway has no client authentication yet. Containers and shared gateways set 0.0.0.0 explicitly.
+    address: str = "127.0.0.1"
     http_port: Port | None = 8080
     https_port: Port | None = 8443
     tls_cert_file: Path | None = None

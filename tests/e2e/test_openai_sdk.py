@@ -4,26 +4,21 @@ what reached Azure as well as on what the client got."""
 from __future__ import annotations
 
 import base64
-import io
 import ssl
 import time
-import wave
 
 import httpx
 import pytest
 from openai import AsyncOpenAI, AzureOpenAI, OpenAI
 
+from extproc.emulator.media import wav
+
 from .conftest import API_VERSION, CLIENT_KEY, SERVER_KEY, EmulatorThread, Gateway
 
 
-def wav_bytes(seconds: float = 0.2, rate: int = 16_000) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"\x00\x00" * int(rate * seconds))
-    return buffer.getvalue()
+def wav_bytes(seconds: float = 0.2) -> bytes:
+    """Silence in a WAV container (the stdlib `wave` module writes it)."""
+    return wav(seconds)
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import wave
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,6 +9,7 @@ import pytest
 from openai import AsyncAzureOpenAI
 
 from extproc.emulator import EmulatorSettings, RunningEmulator, start_emulator
+from extproc.emulator.media import wav
 
 API_KEY = "emulator-key"
 API_VERSION = "2024-10-21"
@@ -40,11 +39,6 @@ async def http(emulator: RunningEmulator) -> AsyncIterator[httpx.AsyncClient]:
         yield raw
 
 
-def wav_bytes(seconds: float = 0.5, rate: int = 16_000) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"\x00\x00" * int(rate * seconds))
-    return buffer.getvalue()
+def wav_bytes(seconds: float = 0.5) -> bytes:
+    """Silence in a WAV container (the stdlib `wave` module writes it)."""
+    return wav(seconds)

@@ -1,56 +1,24 @@
-"""Serving HTTPS with a caller-supplied SSLContext (a throwaway self-signed certificate)."""
+"""Serving HTTPS with a caller-supplied SSLContext (a certificate from the project's development CA)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 from pathlib import Path
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from openai import AsyncAzureOpenAI, DefaultAsyncHttpxClient
 
+from extproc.devtls import ensure_dev_certificates
 from extproc.emulator import EmulatorSettings, start_emulator
 
 from .conftest import API_KEY, API_VERSION
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "emulator test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 async def test_serves_tls(tmp_path: Path) -> None:
-    cert_path, key_path = self_signed(tmp_path)
+    certificates = ensure_dev_certificates(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert_path, key_path)
-    client_context = ssl.create_default_context(cafile=str(cert_path))
+    server_context.load_cert_chain(certificates.server_cert, certificates.server_key)
+    client_context = ssl.create_default_context(cafile=str(certificates.ca_cert))
 
     async with await start_emulator(EmulatorSettings(ssl_context=server_context)) as emu:
         assert emu.url == f"https://127.0.0.1:{emu.port}"
