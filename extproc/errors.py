@@ -52,8 +52,12 @@ INVALID_JSON = ErrorReply.build(
     "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
     "valid JSON.)",
 )
-BODY_NOT_OBJECT = ErrorReply.build(400, "The request body must be a JSON object.")
 MISSING_MODEL = ErrorReply.build(400, "you must provide a model parameter", param="model")
+# Two `model`s: parsers disagree on which one counts (first or last), so the gateway could check one
+# model while Azure serves the other. Refused rather than guessed.
+DUPLICATE_MODEL = ErrorReply.build(
+    400, "The request gives the `model` parameter more than once; give it exactly once.", param="model"
+)
 MODEL_NOT_STRING = ErrorReply.build(400, "The `model` parameter must be a string.", param="model")
 INVALID_MULTIPART = ErrorReply.build(
     400, "We could not parse the multipart/form-data body of your request."
@@ -71,12 +75,30 @@ def invalid_url(method: str, path: str) -> ErrorReply:
     return ErrorReply.build(404, f"Invalid URL ({method} {path})")
 
 
+def body_not_object(kind: str) -> ErrorReply:
+    """The body is valid JSON but not an object; `kind` names what it is (an array, a string, ...)."""
+    return ErrorReply.build(400, f"The request body must be a JSON object ({{...}}), not {kind}.")
+
+
 def model_not_found(model: str, known: tuple[str, ...]) -> ErrorReply:
     names = ", ".join(known) if known else "none are configured"
     return ErrorReply.build(
         404,
         f"The model `{model}` does not exist or you do not have access to it. "
         f"Models known to this proxy: {names}.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def deployment_not_found(deployment: str, known: tuple[str, ...]) -> ErrorReply:
+    """An Azure-form request (/openai/deployments/X/...) for a deployment outside the model map,
+    under `unmapped_models: reject`: the same refusal as for an unknown model."""
+    names = ", ".join(known) if known else "none are configured"
+    return ErrorReply.build(
+        404,
+        f"The deployment `{deployment}` does not exist or you do not have access to it. "
+        f"Deployments known to this proxy: {names}.",
         param="model",
         code="model_not_found",
     )

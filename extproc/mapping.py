@@ -12,6 +12,10 @@ class ModelMapper:
         self._models = dict(models)
         self._policy = policy
         self.known_models: tuple[str, ...] = tuple(sorted(self._models))
+        self.known_deployments: tuple[str, ...] = tuple(sorted(set(self._models.values())))
+        self._deployment_set = frozenset(self.known_deployments)
+        # Under `reject` only the mapped deployments may be called, whatever form the request has.
+        self.rejects_unknown = policy is UnmappedModelPolicy.REJECT
 
     def deployment_for(self, model: str) -> str | None:
         """The deployment to call, or None when the policy rejects an unmapped model."""
@@ -23,3 +27,7 @@ class ModelMapper:
         if self._policy is UnmappedModelPolicy.STRIP_DOTS:
             return model.replace(".", "").replace(":", "")
         return None
+
+    def allows_deployment(self, deployment: str) -> bool:
+        """Whether a request naming the deployment itself (Azure form) may be sent on."""
+        return not self.rejects_unknown or deployment in self._deployment_set

@@ -14,6 +14,10 @@ class MultipartError(ValueError):
     """The body is not valid multipart/form-data."""
 
 
+class DuplicateFieldError(MultipartError):
+    """The wanted field is given more than once: which one counts is up to the reader, so refuse."""
+
+
 @dataclass(frozen=True, slots=True)
 class FormField:
     value: str
@@ -21,8 +25,21 @@ class FormField:
     end: int
 
 
+def is_multipart(content_type: str) -> bool:
+    """Media types are case-insensitive (RFC 9110 8.3.1): `Multipart/Form-Data` is multipart too."""
+    return content_type[:10].lower() == "multipart/"
+
+
+def _params(header: str | bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """parse_options_header with parameter names lowercased: they are case-insensitive (RFC 9110
+    5.6.6), `Boundary=` and `Name=` included. Quoted values (with backslash escapes) are unquoted."""
+    kind, params = parse_options_header(header)
+    return kind, {key.lower(): value for key, value in params.items()}
+
+
 def boundary_of(content_type: str) -> bytes | None:
-    kind, params = parse_options_header(content_type)
+    """The boundary of a multipart/form-data content type, or None (another type, or no boundary)."""
+    kind, params = _params(content_type)
     if kind != b"multipart/form-data":
         return None
     return params.get(b"boundary") or None
@@ -39,6 +56,7 @@ class _FieldFinder:
         self.in_target = False
         self.spans: list[tuple[int, int]] = []
         self.found: FormField | None = None
+        self.duplicate = False
 
     def on_part_begin(self) -> None:
         self.in_target = False
@@ -52,18 +70,21 @@ class _FieldFinder:
 
     def on_header_end(self) -> None:
         if self.header_name.lower() == b"content-disposition":
-            _, params = parse_options_header(self.header_value)
+            _, params = _params(self.header_value)
             self.in_target = params.get(b"name") == self.wanted and b"filename" not in params
         self.header_name = self.header_value = b""
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.in_target and self.found is None:
+        if self.in_target:
             # Offsets are into `data`; they are body offsets only when `data` is the body itself.
             self.spans.append((start, end) if data is self.body else (-1, -1))
 
     def on_part_end(self) -> None:
-        if self.in_target and self.found is None:
-            self.found = _field_from_spans(self.body, self.spans)
+        if self.in_target:
+            if self.found is not None:
+                self.duplicate = True
+            else:
+                self.found = _field_from_spans(self.body, self.spans)
 
     def callbacks(self) -> dict[str, object]:
         names = ("on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_part_data", "on_part_end")
@@ -71,7 +92,8 @@ class _FieldFinder:
 
 
 def find_field(body: bytes, boundary: bytes, name: str) -> FormField | None:
-    """The first non-file field called `name`, with its position in `body`."""
+    """The non-file field called `name`, with its position in `body`; DuplicateFieldError when
+    there are several (readers differ on which counts: the gateway must check the one Azure uses)."""
     finder = _FieldFinder(body, name)
     parser = MultipartParser(boundary, callbacks=finder.callbacks())  # type: ignore[arg-type]
     try:
@@ -79,6 +101,8 @@ def find_field(body: bytes, boundary: bytes, name: str) -> FormField | None:
         parser.finalize()
     except Exception as exc:  # python-multipart raises several types for malformed input
         raise MultipartError(str(exc)) from exc
+    if finder.duplicate:
+        raise DuplicateFieldError(f"the {name!r} field is given more than once")
     return finder.found
 
 

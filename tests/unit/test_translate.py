@@ -252,3 +252,239 @@ class TestModelsAndUnknownPaths:
         assert isinstance(reply, Reply) and reply.status == 404
         assert error_of(reply) == {"message": f"Invalid URL ({method} {path})", "type": "invalid_request_error",
                                    "param": None, "code": None}
+
+
+# --- review fixes: JSON bodies stdlib json reads, exact rewrites, queries, multipart, reject ---------
+
+
+class TestJsonOrjsonRefuses:
+    """Valid JSON orjson refuses (or reads lossily) is forwarded, not answered with a 400."""
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"model": "gpt-4o", "seed": 123456789012345678901234567890}',  # beyond 64 bits
+            b'{"model": "gpt-4o", "user": "\\ud800"}',  # a lone surrogate escape
+            b'\xef\xbb\xbf{"model": "gpt-4o"}',  # a UTF-8 BOM
+            b'{"model": "gpt-4o", "temperature": 1e400}',  # beyond a double
+            b'{"model": "gpt-4o", "x": NaN}',  # stdlib json reads it: Azure decides
+            '{"model": "gpt-4o"}'.encode("utf-16"),
+            '{"model": "gpt-4o"}'.encode("utf-32-be"),
+        ],
+    )
+    def test_forwarded_on_the_classic_surface(self, body: bytes) -> None:
+        decision = post(make(), "/v1/chat/completions", body)
+        assert decision == Forward("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", SERVER_KEY, "azure")
+
+    @pytest.mark.parametrize("body", [b"\xef\xbb\xbf", b'{"model": "x"', b'{"a": 1' + b"1" * 5000 + b"}",
+                                      b"[" * 100_000, b'{"model": "\xff"}'])
+    def test_what_stdlib_json_refuses_too_is_400(self, body: bytes) -> None:
+        reply = post(make(), "/v1/chat/completions", body)
+        assert isinstance(reply, Reply) and reply.status == 400
+        assert "could not parse the JSON body" in error_of(reply)["message"]
+
+    @pytest.mark.parametrize(("body", "kind"), [(b"[1]", "an array"), (b'"x"', "a string"), (b"4", "a number"),
+                                                (b"null", "null"), (b"true", "a boolean")])
+    def test_a_top_level_non_object_is_400_naming_what_it_is(self, body: bytes, kind: str) -> None:
+        reply = post(make(), "/v1/chat/completions", body)
+        assert reply.status == 400
+        assert error_of(reply) == {"message": f"The request body must be a JSON object ({{...}}), not {kind}.",
+                                   "type": "invalid_request_error", "param": None, "code": None}
+
+
+class TestExactRewrites:
+    """A rewritten body differs from the client's only in the top-level model's value."""
+
+    V1 = {"chat/completions": {"api": "v1"}}
+
+    def rewrite(self, body: bytes, path: str = "/v1/chat/completions") -> Forward:
+        translator = make({"AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o"}'}, endpoints=self.V1)
+        decision = post(translator, path, body)
+        assert isinstance(decision, Forward), decision
+        return decision
+
+    @pytest.mark.parametrize(
+        "rest",
+        [
+            b'"seed": 123456789012345678901234567890, "n": -0, "t": 1.0, "u": 1E+2, "v": 1e400',
+            b'"user": "\\ud800 \\u00e9 \\/ \\"q\\" \xc3\xa9", "x": NaN',
+            b'"messages": [{"role": "user", "content": "{\\"model\\": \\"gpt-4o\\"}", "model": "gpt-4o"}]',
+            b'"metadata": {"model": "gpt-4o", "nested": [[], {}, "]}"]}',
+        ],
+    )
+    def test_only_the_model_value_changes(self, rest: bytes) -> None:
+        body = b'{ "stream" : true,\n\t"model"  :  "gpt-4o" , ' + rest + b"}"
+        decision = self.rewrite(body)
+        assert decision.body == body.replace(b'"gpt-4o" ,', b'"prod-4o" ,', 1)
+        assert decision.path == "/openai/v1/chat/completions"
+
+    def test_responses_on_the_classic_surface_too(self) -> None:
+        body = b'{"input": [{"model": "gpt-4o"}], "model": "gpt-4o", "max_output_tokens": 1.0}'
+        decision = self.rewrite(body, "/v1/responses")
+        assert decision.body == b'{"input": [{"model": "gpt-4o"}], "model": "prod-4o", "max_output_tokens": 1.0}'
+
+    def test_an_escaped_key_and_value_are_found(self) -> None:
+        decision = self.rewrite(b'{"mod\\u0065l": "gpt\\u002d4o", "a": 1}')
+        assert decision.body == b'{"mod\\u0065l": "prod-4o", "a": 1}'
+
+    def test_bom_and_encoding_are_kept(self) -> None:
+        assert self.rewrite(b'\xef\xbb\xbf{"model":"gpt-4o"}').body == b'\xef\xbb\xbf{"model":"prod-4o"}'
+        for encoding in ("utf-16", "utf-16-be", "utf-32", "utf-32-le"):
+            body = '{"model": "gpt-4o", "x": "é"}'.encode(encoding)
+            assert self.rewrite(body).body == '{"model": "prod-4o", "x": "é"}'.encode(encoding), encoding
+
+    def test_a_non_ascii_deployment_is_escaped(self) -> None:
+        translator = make({"AZURE_MODEL_MAP": '{"m": "dép"}'}, endpoints=self.V1)
+        assert post(translator, "/v1/chat/completions", b'{"model":"m"}').body == b'{"model":"d\\u00e9p"}'
+
+    def test_duplicate_model_is_400_when_rewriting(self) -> None:
+        translator = make({"AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o"}'}, endpoints=self.V1)
+        for body in (b'{"model": "evil", "model": "gpt-4o"}', b'{"model": "gpt-4o", "mod\\u0065l": "gpt-4o"}'):
+            reply = post(translator, "/v1/chat/completions", body)
+            assert reply.status == 400 and error_of(reply)["param"] == "model"
+            assert "more than once" in error_of(reply)["message"]
+
+    def test_duplicate_model_on_the_classic_surface_routes_by_the_last(self) -> None:
+        # Both parsers keep the last; Azure routes by the path there, never by the body's model.
+        decision = post(make(), "/v1/chat/completions", b'{"model": "a", "model": "b"}')
+        assert decision.path.startswith("/openai/deployments/b/") and decision.body is None
+
+    def test_content_length_follows_the_new_body(self) -> None:
+        from extproc.service import body_forward_response
+
+        decision = self.rewrite('{"model":"gpt-4o","x":"ü"}'.encode())
+        mutation = body_forward_response(decision).request_body.response.header_mutation
+        lengths = [h.header.raw_value for h in mutation.set_headers if h.header.key == "content-length"]
+        assert lengths == [str(len(decision.body)).encode()] and len(decision.body) == 28
+
+
+class TestQueries:
+    @pytest.mark.parametrize("key", ["API-Version", "Api-version", "API%2dVERSION", "api-version"])
+    def test_the_clients_api_version_in_any_case_is_replaced(self, key: str) -> None:
+        assert merge_query(f"a=1&{key}=1999-01-01&b=%2F+x", "2024-10-21") == "?a=1&b=%2F+x&api-version=2024-10-21"
+
+    def test_other_parameters_keep_order_and_encoding(self) -> None:
+        assert merge_query("z=1&x-api-version=2&a=%C3%A9&api-versions=3", "v") == \
+            "?z=1&x-api-version=2&a=%C3%A9&api-versions=3&api-version=v"
+        assert merge_query("api-version", None) == ""
+
+    @pytest.mark.parametrize("query", ["x-api-version=1", "note=api-version=2", "x-api-version-note=1"])
+    def test_azure_form_without_an_api_version_key_gets_the_default(self, query: str) -> None:
+        decision = make().on_headers(RequestHead("GET", f"/openai/deployments/d/x?{query}"))
+        assert decision.path == f"/openai/deployments/d/x?{query}&api-version=2024-10-21"
+
+    @pytest.mark.parametrize("query", ["API-VERSION=2024-06-01", "a=1&Api-Version=2024-06-01"])
+    def test_azure_form_keeps_the_clients_api_version_in_any_case(self, query: str) -> None:
+        decision = make().on_headers(RequestHead("GET", f"/openai/deployments/d/x?{query}"))
+        assert decision.path == f"/openai/deployments/d/x?{query}"
+
+
+class TestMultipartHeaders:
+    def test_media_type_and_parameter_names_are_case_insensitive(self) -> None:
+        body, _ = multipart([("model", b"whisper-1", None)], boundary="b0undary")
+        body = body.replace(b'name="model"', b'Name="model"')
+        decision = post(make(), "/v1/audio/transcriptions", body, "Multipart/Form-Data; Boundary=b0undary")
+        assert decision.path.startswith("/openai/deployments/whisper-1/audio/transcriptions?")
+
+    def test_a_quoted_boundary_with_special_characters(self) -> None:
+        body, _ = multipart([("model", b"whisper-1", None)], boundary="a b;c=d")
+        decision = post(make(), "/v1/audio/transcriptions", body, 'multipart/form-data; boundary="a b;c=d"')
+        assert decision.path.startswith("/openai/deployments/whisper-1/")
+
+    @pytest.mark.parametrize("operation", ["audio/transcriptions", "images/edits"])
+    def test_duplicate_model_field_is_400(self, operation: str) -> None:
+        body, content_type = multipart([("model", b"whisper-1", None), ("file", b"x", "a.wav"), ("model", b"evil", None)])
+        reply = post(make(), f"/v1/{operation}", body, content_type)
+        assert reply.status == 400 and error_of(reply)["param"] == "model"
+        assert "more than once" in error_of(reply)["message"]
+
+    @pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/mixed; boundary=b0undary",
+                                              'multipart/form-data; boundary=""'])
+    def test_multipart_without_a_usable_boundary_is_a_multipart_error(self, content_type: str) -> None:
+        body, _ = multipart([("model", b"dall-e-2", None)])
+        reply = post(make(), "/v1/images/edits", body, content_type)
+        assert reply.status == 400 and "multipart" in error_of(reply)["message"]
+
+
+class TestRejectPolicyInAzureForm:
+    ENV = {"AOAI_GATEWAY_UNMAPPED_MODELS": "reject", "AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o", "o3": "prod o3"}'}
+
+    def test_an_unknown_deployment_in_the_path_is_404(self) -> None:
+        path = "/openai/deployments/other/chat/completions?api-version=2024-10-21"
+        reply = make(self.ENV).on_headers(RequestHead("POST", path, has_body=True))
+        assert isinstance(reply, Reply) and reply.status == 404
+        error = error_of(reply)
+        assert error["code"] == "model_not_found" and "`other`" in error["message"]
+        assert "prod o3, prod-4o" in error["message"]
+
+    @pytest.mark.parametrize("deployment", ["prod-4o", "prod%2D4o", "prod%20o3"])
+    def test_a_mapped_deployment_passes(self, deployment: str) -> None:
+        path = f"/openai/deployments/{deployment}/chat/completions"
+        decision = make(self.ENV).on_headers(RequestHead("POST", path, has_body=True))
+        assert decision == Forward(path + "?api-version=2024-10-21", SERVER_KEY, "azure")
+
+    def test_other_policies_pass_any_deployment(self) -> None:
+        for policy in ("passthrough", "strip_dots"):
+            translator = make({"AOAI_GATEWAY_UNMAPPED_MODELS": policy})
+            decision = translator.on_headers(RequestHead("POST", "/openai/deployments/any/embeddings", has_body=True))
+            assert isinstance(decision, Forward)
+            v1 = translator.on_headers(RequestHead("POST", "/openai/v1/chat/completions", "application/json", has_body=True))
+            assert isinstance(v1, Forward)  # decided from the headers: the body streams
+
+    @pytest.mark.parametrize("path", ["/openai/v1/chat/completions", "/openai/responses?api-version=2025-04-01-preview",
+                                      "/openai/v1/responses", "/openai/assistants?api-version=2024-05-01-preview"])
+    def test_the_body_model_of_azure_form_requests_is_checked(self, path: str) -> None:
+        translator = make(self.ENV)
+        def send(body: bytes, content_type: str = "application/json"):
+            decision = translator.on_headers(RequestHead("POST", path, content_type, has_body=True))
+            assert isinstance(decision, AwaitBody)
+            return decision.finish(body)
+        assert send(b'{"model": "other"}').status == 404
+        assert send(b'{"model": "gpt-4o"}').status == 404  # a model name is not a deployment here
+        assert send(b'{"model": "prod-4o", "model": "other"}').status == 400
+        assert send(b"{bad").status == 400
+        forward = send(b'{"model": "prod-4o", "input": "x"}')
+        assert isinstance(forward, Forward) and forward.body is None and forward.path.startswith(path.partition("?")[0])
+        assert isinstance(send(b'{"name": "no model: nothing to route by"}'), Forward)
+        body, content_type = multipart([("model", b"other", None)])
+        assert send(body, content_type).status == 404
+
+    def test_uploads_and_bodiless_requests_are_not_buffered(self) -> None:
+        translator = make(self.ENV)
+        for head in (RequestHead("POST", "/openai/files?api-version=2024-10-21", "multipart/form-data; boundary=x", has_body=True),
+                     RequestHead("POST", "/openai/v1/responses/r1/cancel"),
+                     RequestHead("GET", "/openai/v1/models")):
+            assert isinstance(translator.on_headers(head), Forward), head
+
+
+class TestDotSegments:
+    @pytest.mark.parametrize("path", ["/v1/files/../deployments/x/chat/completions", "/v1/batches/%2e%2E/x",
+                                      "/openai/deployments/prod/../other/chat/completions",
+                                      "/openai/files/..%2F..%2Fdeployments/x", "/v1/files\\..\\x", "/v1/files/./x"])
+    def test_a_path_azure_could_resolve_elsewhere_is_404(self, path: str) -> None:
+        reply = make().on_headers(RequestHead("GET", path))
+        assert isinstance(reply, Reply) and reply.status == 404
+
+    def test_dots_inside_names_are_fine(self) -> None:
+        assert isinstance(make().on_headers(RequestHead("GET", "/v1/files/file.v2..jsonl")), Forward)
+
+
+def test_an_empty_body_is_never_forwarded() -> None:
+    """The glue relies on it (requests without a body, or with trailers alone): see translate's doc."""
+    translators = [make(), make(endpoints={"chat/completions": {"api": "v1"}}),
+                   make(TestRejectPolicyInAzureForm.ENV)]
+    paths = [f"/v1/{op}" for op in ("chat/completions", "embeddings", "audio/transcriptions", "images/edits", "responses")]
+    paths += ["/openai/v1/chat/completions", "/openai/responses"]
+    for translator in translators:
+        for path in paths:
+            for content_type in ("application/json", "multipart/form-data; boundary=x", ""):
+                decision = translator.on_headers(RequestHead("POST", path, content_type, has_body=True))
+                if isinstance(decision, AwaitBody):
+                    assert isinstance(decision.finish(b""), Reply), (path, content_type)
+
+
+def test_model_replies_are_built_once() -> None:
+    translator = make({"AZURE_MODEL_MAP": '{"gpt-4o": "a"}'})
+    first = translator.on_headers(RequestHead("GET", "/v1/models/gpt-4o"))
+    assert first is translator.on_headers(RequestHead("GET", "/v1/models/gpt-4o"))
+    assert first is translator.on_headers(RequestHead("GET", "/v1/models/gpt%2D4o"))

@@ -1,0 +1,188 @@
+"""Read a JSON request body as leniently as Python's json, and replace one top-level string in it
+without touching any other byte. Pure; used by the translation core.
+
+Why not parse and re-serialize: orjson reads integers beyond 64 bits as floats and refuses 1e400,
+lone surrogate escapes and a BOM; a round trip through any parser changes numbers (1.0, 1E+2),
+escapes and spacing. Azure must get the client's body with only the deployment name changed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from json.decoder import scanstring
+
+import orjson
+
+_WHITESPACE = re.compile(rb"[ \t\n\r]*")
+_SCALAR = re.compile(rb"[^ \t\n\r,}\]]+")  # a number, true, false, null (NaN, Infinity: stdlib json)
+# BOM -> codec, as json.loads(bytes) detects them; UTF-32-LE's BOM starts with UTF-16-LE's, so first.
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+class InvalidJson(ValueError):
+    """The body is not JSON that Python's own json module reads either."""
+
+
+class DuplicateMember(InvalidJson):
+    """A top-level member is given more than once (errors.DUPLICATE_MODEL says why that matters)."""
+
+
+def parse_json(body: bytes) -> object:
+    """orjson, the fast path; Python's json for what orjson refuses yet is JSON all the same
+    (integers beyond 64 bits, lone surrogate escapes, a leading BOM, UTF-16/32, NaN): a body stdlib
+    json reads is not the gateway's to refuse. Big integers come back from orjson as floats: fine,
+    the core reads only `model`, and rewrites splice the client's bytes (replace_top_level_string)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)  # bytes: the encoding is detected and a UTF-8 BOM skipped
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidJson(str(exc)) from exc
+
+
+def kind_of(document: object) -> str:
+    """What a JSON value is, for error messages: "an array", "null", ..."""
+    return "null" if document is None else _KINDS.get(type(document), "not an object")
+
+
+def count_top_level(body: bytes, key: str) -> int:
+    """How many times the top-level object of the body (one a parser accepted) has member `key`."""
+    return len(_spans(body, key)[2])
+
+
+def replace_top_level_string(body: bytes, key: str, value: str) -> bytes:
+    """The body with the value of its one top-level `key` replaced by the JSON string `value`; every
+    other byte as the client sent it (numbers, escapes, spacing, member order, BOM, encoding).
+
+    Raises DuplicateMember when the key is there more than once, InvalidJson when not at all.
+    """
+    head, utf8, spans, codec = _spans(body, key)
+    if len(spans) != 1:
+        raise (DuplicateMember if spans else InvalidJson)(f"{len(spans)} top-level {key!r} members")
+    start, end = spans[0]
+    # json.dumps escapes non-ASCII: the new value is the same bytes in UTF-8 and its own text.
+    spliced = utf8[:start] + json.dumps(value).encode() + utf8[end:]
+    if codec == "utf-8":
+        return head + spliced
+    return head + spliced.decode("utf-8", "surrogatepass").encode(codec, "surrogatepass")
+
+
+def _spans(body: bytes, key: str) -> tuple[bytes, bytes, list[tuple[int, int]], str]:
+    """(BOM, the text in UTF-8, the spans of `key`'s values in it, the body's codec)."""
+    for bom, codec in _BOMS:
+        if body.startswith(bom):
+            break
+    else:
+        bom, codec = b"", json.detect_encoding(body)
+    utf8 = body[len(bom) :]
+    try:
+        if codec != "utf-8":  # UTF-16/32 (rare): walk the same text in UTF-8, offsets map back exactly
+            utf8 = utf8.decode(codec, "surrogatepass").encode("utf-8", "surrogatepass")
+        return bom, utf8, _top_level_spans(utf8, key), codec
+    except (ValueError, IndexError, AttributeError) as exc:  # the parsers accepted it: not expected
+        raise InvalidJson(str(exc)) from exc
+
+
+def _skeleton(text: bytes) -> bytes:
+    """`text`, same length, with each escaped backslash and escaped quote blanked (every quote left
+    delimits a string) and braces made brackets (valid JSON nests them properly, so one pair is
+    enough to count depth): bytes.find, at memchr speed, then skips what a regex walks ~50x slower.
+    bytes.replace pairs a run of backslashes from its start, as JSON's escape parsing does."""
+    if b"\\" in text:
+        text = text.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+    return text.translate(_BRACES_TO_BRACKETS)
+
+
+_BRACES_TO_BRACKETS = bytes.maketrans(b"{}", b"[]")
+
+
+def _container_end(s: bytes, i: int) -> int:
+    """The end of the array or object starting at s[i] (`s` a skeleton): one step per string and per
+    bracket outside strings; the scanning in between is bytes.find's."""
+    find = s.find
+    size = len(s)
+    opening, closing, quote = find(b"[", i), find(b"]", i), find(b'"', i)
+    opening = size if opening < 0 else opening
+    closing = size if closing < 0 else closing
+    quote = size if quote < 0 else quote
+    depth = 0
+    while True:
+        if quote < opening and quote < closing:
+            end = find(b'"', quote + 1)
+            if end < 0:
+                raise ValueError("unterminated string")
+            if opening < end:  # brackets seen inside the string are not structure
+                opening = find(b"[", end)
+                opening = size if opening < 0 else opening
+            if closing < end:
+                closing = find(b"]", end)
+                closing = size if closing < 0 else closing
+            quote = find(b'"', end + 1)
+            quote = size if quote < 0 else quote
+        elif opening < closing:
+            depth += 1
+            opening = find(b"[", opening + 1)
+            opening = size if opening < 0 else opening
+        elif closing < size:
+            depth -= 1
+            if depth == 0:
+                return closing + 1
+            closing = find(b"]", closing + 1)
+            closing = size if closing < 0 else closing
+        else:
+            raise ValueError("unbalanced brackets")
+
+
+def _value_end(s: bytes, i: int) -> int:
+    first = s[i : i + 1]
+    if first == b'"':
+        end = s.find(b'"', i + 1)
+        if end < 0:
+            raise ValueError("unterminated string")
+        return end + 1
+    if first == b"[":  # `{` too, in a skeleton
+        return _container_end(s, i)
+    return _SCALAR.match(s, i).end()  # type: ignore[union-attr]
+
+
+def _top_level_spans(text: bytes, key: str) -> list[tuple[int, int]]:
+    """Where each value of `key` among the top-level object's members lies in `text` (UTF-8 JSON a
+    parser accepted), in order. Values are skipped, not parsed; only member names are decoded
+    (`"mod\\u0065l"` is `model` to every parser). Nested `model`s never match."""
+    spans: list[tuple[int, int]] = []
+    s = _skeleton(text)  # for skipping; names are decoded from `text`, at the same offsets
+    i = _WHITESPACE.match(s).end()  # type: ignore[union-attr]
+    if text[i : i + 1] != b"{":
+        raise ValueError("not an object")
+    i = _WHITESPACE.match(s, i + 1).end()  # type: ignore[union-attr]
+    if text[i : i + 1] == b"}":
+        return spans
+    while True:
+        if s[i : i + 1] != b'"':
+            raise ValueError("expected a member name")
+        end = _value_end(s, i)
+        name = scanstring(text[i + 1 : end].decode("utf-8", "surrogatepass"), 0)[0]
+        i = _WHITESPACE.match(s, end).end()  # type: ignore[union-attr]
+        if s[i : i + 1] != b":":
+            raise ValueError("expected ':'")
+        start = _WHITESPACE.match(s, i + 1).end()  # type: ignore[union-attr]
+        end = _value_end(s, start)
+        if name == key:
+            spans.append((start, end))
+        i = _WHITESPACE.match(s, end).end()  # type: ignore[union-attr]
+        if text[i : i + 1] == b"}":
+            return spans
+        if s[i : i + 1] != b",":
+            raise ValueError("expected ',' or '}'")
+        i = _WHITESPACE.match(s, i + 1).end()  # type: ignore[union-attr]
