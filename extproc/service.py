@@ -1,9 +1,12 @@
 """The gRPC glue: Envoy's ext_proc stream <-> the translation core.
 
 One stream per HTTP request. The request headers arrive first; the answer is either final (a
-reply, or a forward with the body left streaming) or a bare CONTINUE, after which Envoy sends the
-whole buffered body once. The RPC ends right after its last answer so Envoy does not hold the
-stream open until Azure's response headers arrive.
+reply, or a forward with the body left streaming) or a CONTINUE, after which Envoy sends the whole
+buffered body once (or, for a request of headers and trailers only, the trailers). The RPC
+ends right after its last answer so Envoy does not hold the stream open until Azure's response
+headers arrive. Anything else Envoy sends fails the RPC with a gRPC error: Envoy (failure_mode_allow
+false) then answers 5xx and forwards nothing, where ending the RPC with OK would let the request
+continue unanswered.
 
 `ExtProcCall` is that exchange as a plain synchronous state machine over serialized messages, so
 the server (extproc/h2server.py) calls it without a coroutine per request; answers that repeat
@@ -22,22 +25,24 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3.external_processor_pb2_grpc import ExternalProcessorServicer
 from envoy.type.v3.http_status_pb2 import HttpStatus
 
-from .decision import AwaitBody, Forward, RequestHead
-from .decision import Reply
+from .decision import AwaitBody, Forward, Reply, RequestHead
+from .h2server import FAILED_PRECONDITION, INTERNAL, RpcError
 from .translate import Translator
 
 log = logging.getLogger(__name__)
 
-ROUTE_HEADER = "x-aoai-gateway-cluster"  # read by the route's cluster_header; clients' copies are stripped
-REMOVED_CLIENT_HEADERS = ("authorization",)  # `api-key` is overwritten, never removed and re-added
+ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the one route to Azure; clients' copies are stripped
+# The client's credentials never reach Azure. `api-key` is overwritten, never removed and re-added.
+REMOVED_CLIENT_HEADERS = ("authorization", "proxy-authorization")
 REPLY_DETAILS = "aoai_gateway_reply"
 
-_CONTINUE_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-_CONTINUE_BYTES = _CONTINUE_HEADERS.SerializeToString()
 PROCESS_METHOD = b"/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 # Serialized forwards kept for reuse: the deployments x phases in use, a handful in practice.
 FORWARD_CACHE_SIZE = 1024
 # A mode override replaces the whole mode (unset header modes mean SEND): spell every field out.
+# Request trailers: SKIP where the override comes with the RPC's last answer (nothing more is wanted,
+# and a SEND would hold the trailers for a stream that is ending); SEND with the CONTINUE, so that a
+# request of headers and trailers alone is answered whatever the Envoy config says.
 _STREAM_BODY_MODE = ProcessingMode(
     request_header_mode=ProcessingMode.SEND,
     request_body_mode=ProcessingMode.NONE,
@@ -46,6 +51,16 @@ _STREAM_BODY_MODE = ProcessingMode(
     response_body_mode=ProcessingMode.NONE,
     response_trailer_mode=ProcessingMode.SKIP,
 )
+_BUFFER_BODY_MODE = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND,
+    request_body_mode=ProcessingMode.BUFFERED,
+    request_trailer_mode=ProcessingMode.SEND,
+    response_header_mode=ProcessingMode.SKIP,
+    response_body_mode=ProcessingMode.NONE,
+    response_trailer_mode=ProcessingMode.SKIP,
+)
+_CONTINUE_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_BUFFER_BODY_MODE)
+_CONTINUE_BYTES = _CONTINUE_HEADERS.SerializeToString()
 _JSON_CONTENT_TYPE = HeaderValueOption(header=HeaderValue(key="content-type", raw_value=b"application/json"))
 
 
@@ -83,7 +98,7 @@ def _common_response(forward: Forward) -> pb.CommonResponse:
     ]
     common = pb.CommonResponse(
         header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=REMOVED_CLIENT_HEADERS),
-        clear_route_cache=True,  # the route's cluster_header must be read again
+        clear_route_cache=True,  # the route is chosen again, now matching the routing header
     )
     if forward.body is not None:
         common.header_mutation.set_headers.append(
@@ -146,9 +161,6 @@ def _serialize(forward: Forward, headers_phase: bool, has_body: bool) -> bytes:
     return body_forward_response(forward).SerializeToString()
 
 
-_NOTHING: tuple[bytes, ...] = ()
-
-
 class ExtProcCall:
     """One ext_proc stream: `on_message` takes each serialized ProcessingRequest and returns the
     serialized answers and whether the RPC is over (see extproc.h2server.Call)."""
@@ -161,19 +173,24 @@ class ExtProcCall:
         self._pending: AwaitBody | None = None
 
     def on_message(self, message: bytes) -> tuple[tuple[bytes, ...], bool]:
+        """Raises RpcError for any message this exchange does not expect (see the module doc)."""
         request = pb.ProcessingRequest.FromString(message)
+        kind = request.WhichOneof("request")
         pending = self._pending
         if pending is None:
+            if kind != "request_headers":
+                raise _unexpected(kind, "request_headers")
             return self._on_headers(request)
-        if request.WhichOneof("request") != "request_body":
-            log.warning("expected request_body, got %s", request.WhichOneof("request"))
-            return _NOTHING, True
-        return (self._body_answer(pending, request.request_body.body, headers_phase=False),), True
+        if kind == "request_body":
+            # In BUFFERED mode this is the whole body even when trailers follow (end_of_stream false):
+            # the answer is final and the RPC ends; Envoy then lets the trailers through.
+            return (self._body_answer(pending, request.request_body.body, headers_phase=False),), True
+        if kind == "request_trailers":
+            # Trailers with no body before them (BUFFERED sends any body first): an empty body.
+            return (self._trailers_answer(pending),), True
+        raise _unexpected(kind, "request_body")
 
     def _on_headers(self, request: pb.ProcessingRequest) -> tuple[tuple[bytes, ...], bool]:
-        if request.WhichOneof("request") != "request_headers":
-            log.warning("ext_proc stream began with %s, not request_headers", request.WhichOneof("request"))
-            return _NOTHING, True
         head = request_head(request.request_headers)
         decision = self._translator.on_headers(head)
         if isinstance(decision, Forward):
@@ -192,6 +209,20 @@ class ExtProcCall:
             return reply_response(decision).SerializeToString()
         return self._cache.get(decision, headers_phase=headers_phase)
 
+    @staticmethod
+    def _trailers_answer(pending: AwaitBody) -> bytes:
+        decision = pending.finish(b"")
+        if isinstance(decision, Reply):
+            return reply_response(decision).SerializeToString()
+        # A trailers answer cannot change the request's headers: never forward from here.
+        log.error("the core forwards an empty body; refusing it in the trailers phase")
+        raise RpcError(INTERNAL, "cannot forward from the request_trailers phase")
+
+
+def _unexpected(kind: str | None, expected: str) -> RpcError:
+    log.warning("ext_proc protocol: got %s, expected %s; failing the call", kind, expected)
+    return RpcError(FAILED_PRECONDITION, f"unexpected {kind}, expected {expected}")
+
 
 def call_factory(translator: Translator) -> Callable[[], ExtProcCall]:
     cache = ForwardCache(enabled=translator.has_server_key)
@@ -208,11 +239,19 @@ class ExternalProcessor(ExternalProcessorServicer):
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         call = self._new_call()
         while (message := await context.read()) is not grpc.aio.EOF:
-            answers, done = call.on_message(message)
+            try:
+                answers, done = call.on_message(message)
+            except RpcError as exc:
+                # As h2server does: the error status, never an OK that leaves Envoy's question unanswered.
+                await context.abort(_STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), exc.message)
+                return  # not reached: abort raises
             for answer in answers:
                 await context.write(answer)
             if done:
                 return
+
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _identity(data: bytes) -> bytes:

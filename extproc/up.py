@@ -12,14 +12,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
-from . import envoy_config
 from pydantic import SecretStr
 
+from . import envoy_config
 from .config import ConfigError, Settings
 from .emulator.settings import DEFAULT_DEPLOYMENTS
+from .h2server import socket_in_use
 
 log = logging.getLogger(__name__)
 EMULATOR_KEY = "emulator-key"
@@ -32,13 +35,20 @@ class Child:
     process: subprocess.Popen[bytes]
 
 
+class StopRequested(Exception):
+    """SIGINT/SIGTERM arrived while starting: stop quietly."""
+
+
 @dataclass
 class Stack:
     """The running processes, in start order; stopped in reverse."""
 
     children: list[Child] = field(default_factory=list)
+    stop_requested: bool = False  # set by the signal handlers
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        if self.stop_requested:  # e.g. a signal during the Envoy config's validation
+            raise StopRequested
         child = Child(name, subprocess.Popen(argv, env=env))
         self.children.append(child)
         return child
@@ -64,9 +74,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_until(check: "callable[[], bool]", stack: Stack, what: str) -> None:  # type: ignore[valid-type]
-    deadline = time.monotonic() + START_TIMEOUT_S
+def _wait_until(check: Callable[[], bool], stack: Stack, what: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        # The stop first: on Ctrl-C the children get SIGINT too and may exit before this looks.
+        if stack.stop_requested:
+            raise StopRequested
         if (dead := stack.first_exited()) is not None:
             raise RuntimeError(f"{dead.name} exited with {dead.process.returncode} while waiting for {what}")
         if check():
@@ -88,21 +101,23 @@ def run_up(settings: Settings, config_path: str | None) -> int:
     if config_path:
         env["AOAI_GATEWAY_CONFIG"] = str(Path(config_path).resolve())
     stack = Stack()
-    stopping = False
 
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stack.stop_requested = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # Before any child starts: a signal during start-up then stops what has started, never orphans it.
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if settings.azure.endpoint is None:
             settings, env = _start_emulator(settings, env, stack)
         rendered = envoy_config.prepare(settings)
-        stack.start("ext_proc", [sys.executable, "-m", "extproc", "serve"], env)
         sockets = settings.socket_paths()
-        _wait_until(lambda: all(p.is_socket() for p in sockets), stack, "the ext_proc sockets")
+        if busy := [p for p in sockets if socket_in_use(p)]:
+            # Else the readiness check below would pass on the other instance's sockets.
+            raise RuntimeError(f"another ext_proc is serving on {busy[0]}; is the gateway already running?")
+        stack.start("ext_proc", [sys.executable, "-m", "extproc", "serve"], env)
+        # Listening, not merely present: a socket file may be left over from a killed run.
+        _wait_until(lambda: all(socket_in_use(p) for p in sockets), stack, "the ext_proc sockets")
 
         concurrency = settings.envoy.concurrency or os.cpu_count() or 1
         stack.start(
@@ -114,17 +129,23 @@ def run_up(settings: Settings, config_path: str | None) -> int:
         ready_url = f"http://127.0.0.1:{settings.envoy.admin_port}/ready"
         _wait_until(lambda: _http_ok(ready_url), stack, "Envoy to be ready")
         _print_urls(settings)
-        while not stopping:
+        while not stack.stop_requested:
             if (dead := stack.first_exited()) is not None:
                 print(f"{dead.name} exited with {dead.process.returncode}; stopping", file=sys.stderr)
                 return 1
             time.sleep(0.2)
         return 0
+    except StopRequested:
+        return 0
     except (ConfigError, RuntimeError) as exc:
+        if stack.stop_requested:  # a consequence of the stop (a child or `envoy --mode validate` got the signal)
+            return 0
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _start_emulator(settings: Settings, env: dict[str, str], stack: Stack) -> tuple[Settings, dict[str, str]]:

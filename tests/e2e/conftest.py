@@ -100,13 +100,13 @@ def write_config(directory: Path, **sections: str) -> Path:
     defaults = {
         "models": "{" + ", ".join(f"'{k}': '{v}'" for k, v in MODEL_MAP.items()) + "}",
         "unmapped_models": "reject",
+        "extproc": "{workers: 1}",
     }
     sections = {**defaults, **sections}
     lines = [
         f"azure: {{api_version: '{API_VERSION}'}}",
         f"listen: {{address: 127.0.0.1, http_port: {http_port}, https_port: {https_port}}}",
         f"envoy: {{admin_port: {admin_port}, concurrency: 1}}",
-        "extproc: {workers: 1}",
         f"limits: {{max_request_body_bytes: {BODY_LIMIT}}}",
         f"state_dir: {directory / 'state'}",
         *(f"{key}: {value}" for key, value in sections.items()),
@@ -124,10 +124,13 @@ def _ready(url: str) -> bool:
         return False
 
 
-def start_gateway(directory: Path, azure_url: str | None, ca_file: Path | None, **sections: str) -> Gateway:
-    """`python -m extproc up`; without `azure_url` it runs its own emulator."""
+def start_gateway(directory: Path, azure_url: str | None, ca_file: Path | None, *,
+                  env: dict[str, str] | None = None, **sections: str) -> Gateway:
+    """`python -m extproc up`; without `azure_url` it runs its own emulator. `env` adds variables
+    (the caller's own AZURE_* and AOAI_GATEWAY_* are not inherited)."""
     config = write_config(directory, **sections) if azure_url else write_config(directory, models="{}", unmapped_models="passthrough")
     parsed = yaml.safe_load(config.read_text())
+    extra_env = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "AOAI_GATEWAY_"))}
     if azure_url:
         env.update({
@@ -135,6 +138,7 @@ def start_gateway(directory: Path, azure_url: str | None, ca_file: Path | None, 
             "AZURE_OPENAI_API_KEY": SERVER_KEY,
             "AZURE_OPENAI_CA_FILE": str(ca_file),
         })
+    env.update(extra_env)
     log = directory / "gateway.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "extproc", "--config", str(config), "up"],

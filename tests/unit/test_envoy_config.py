@@ -112,3 +112,72 @@ def test_dev_certificates_are_reused_and_chain_to_the_ca(tmp_path: Path) -> None
     server.verify_directly_issued_by(ca)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in names.get_values_for_type(x509.DNSName)
+
+
+def connection_manager(listener: dict) -> dict:
+    return listener["filter_chains"][-1]["filters"][0]["typed_config"]
+
+
+def test_only_the_ext_procs_decision_reaches_an_upstream(tmp_path: Path, tls) -> None:
+    """The routing header is removed before the first route match; a route to Azure needs the exact
+    value the ext_proc sets; everything else is answered by Envoy itself; trailers reach the ext_proc."""
+    from extproc.service import ROUTE_HEADER
+    from extproc.translate import AZURE_CLUSTER
+
+    config = envoy_config.render(settings_for(tmp_path), tls)
+    for listener in config["static_resources"]["listeners"]:
+        hcm = connection_manager(listener)
+        (early,) = hcm["early_header_mutation_extensions"]
+        assert early["typed_config"]["mutations"] == [{"remove": ROUTE_HEADER}]
+        (vhost,) = hcm["route_config"]["virtual_hosts"]
+        upstream = [r for r in vhost["routes"] if "route" in r]
+        assert upstream and all(set(r) & {"route", "direct_response"} for r in vhost["routes"])
+        for route in upstream:
+            assert route["route"]["cluster"] == AZURE_CLUSTER and "cluster_header" not in route["route"]
+            assert route["match"]["headers"] == [{"name": ROUTE_HEADER, "string_match": {"exact": AZURE_CLUSTER}}]
+            assert ROUTE_HEADER in route["request_headers_to_remove"]
+            assert route["route"]["timeout"] == "0s"  # streams are not cut
+        # The first match happens before the ext_proc runs: whatever it left undecided ends in a 404.
+        assert vhost["routes"][-1] == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+        assert {"path_separated_prefix": "/v1/files"} in [r["match"] for r in vhost["routes"]]
+        assert ext_proc_filter(listener)["processing_mode"]["request_trailer_mode"] == "SEND"
+        for route in vhost["routes"]:
+            override = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_proc")
+            if override:
+                assert override["overrides"]["processing_mode"]["request_trailer_mode"] == "SEND"
+
+
+def test_paths_credentials_and_errors_are_hardened(tmp_path: Path, tls) -> None:
+    config = envoy_config.render(settings_for(tmp_path), tls)
+    for listener in config["static_resources"]["listeners"]:
+        hcm = connection_manager(listener)
+        assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
+        assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+        assert hcm["request_headers_timeout"] == "10s" and hcm["request_timeout"] == "0s"
+        names = [f["name"] for f in hcm["http_filters"]]
+        assert names == ["envoy.filters.http.ext_proc", "envoy.filters.http.header_mutation", "envoy.filters.http.router"]
+        removed = [m["remove"] for m in hcm["http_filters"][1]["typed_config"]["mutations"]["request_mutations"]]
+        assert removed == ["authorization", "proxy-authorization", "cookie"]
+        # Envoy's own replies carry fixed messages: no response details, no Envoy text (upstream
+        # addresses, reset reasons), except the ext_proc's own replies, kept as they are.
+        mappers = hcm["local_reply_config"]["mappers"]
+        assert "aoai_gateway_reply" in str(mappers[0]["filter"])
+        for mapper in mappers[1:]:
+            text = yaml.safe_dump(mapper["body_format_override"])
+            assert "%RESPONSE_CODE_DETAILS%" not in text and "%LOCAL_REPLY_BODY%" not in text
+            assert mapper["body_format_override"]["content_type"] == "application/json"
+    monitors = config["overload_manager"]["resource_monitors"]
+    assert [m["name"] for m in monitors] == ["envoy.resource_monitors.global_downstream_max_connections"]
+
+
+def test_extproc_workers_are_health_checked(tmp_path: Path, tls) -> None:
+    config = envoy_config.render(settings_for(tmp_path, AOAI_GATEWAY_WORKERS="2"), tls)
+    extproc = next(c for c in config["static_resources"]["clusters"] if c["name"] == "extproc")
+    (check,) = extproc["health_checks"]
+    assert check["grpc_health_check"] == {} and check["timeout"] == "2s"  # the default message_timeout
+    assert extproc["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("extproc: {message_timeout_ms: 300}\n")
+    settings = load_settings(slow, env={"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com", "AOAI_GATEWAY_STATE_DIR": str(tmp_path)})
+    extproc = next(c for c in envoy_config.render(settings, tls)["static_resources"]["clusters"] if c["name"] == "extproc")
+    assert extproc["health_checks"][0]["timeout"] == "1s"  # never below a second

@@ -144,18 +144,20 @@ async def test_the_grpcio_runtime_serves_the_same_calls(monkeypatch: pytest.Monk
         socket = settings.socket_paths()[0]
         server = await start_server(settings, socket)
         assert isinstance(server, grpc.aio.Server)
-        async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
-            first, second = await _exchange(
-                channel,
-                headers("POST", "/v1/chat/completions", False, content_type="application/json"),
-                body(b'{"model":"gpt-4o","messages":[]}'),
-            )
-            assert first == pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-            assert set_headers(second.request_body.response.header_mutation)[":path"] == (
-                b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21")
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        await server.stop(None)
+        try:
+            async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
+                first, second = await _exchange(
+                    channel,
+                    headers("POST", "/v1/chat/completions", False, content_type="application/json"),
+                    body(b'{"model":"gpt-4o","messages":[]}'),
+                )
+                assert first.request_headers == pb.HeadersResponse()
+                assert set_headers(second.request_body.response.header_mutation)[":path"] == (
+                    b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21")
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await server.stop(None)
 
 
 def test_answers_are_reused_only_when_the_key_is_the_servers() -> None:

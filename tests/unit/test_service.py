@@ -1,4 +1,5 @@
-"""The ext_proc servicer over a real in-process gRPC channel (Unix socket), as Envoy drives it."""
+"""The ext_proc servicer over a real in-process gRPC channel (Unix socket), as Envoy drives it; on
+both runtimes (extproc/h2server.py, the default, and grpcio's asyncio server, the fallback)."""
 
 from __future__ import annotations
 
@@ -25,16 +26,25 @@ def headers(method: str, path: str, end_of_stream: bool, **extra: str) -> pb.Pro
     return pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map, end_of_stream=end_of_stream))
 
 
-def body(data: bytes) -> pb.ProcessingRequest:
-    return pb.ProcessingRequest(request_body=pb.HttpBody(body=data, end_of_stream=True))
+def body(data: bytes, end_of_stream: bool = True) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=data, end_of_stream=end_of_stream))
+
+
+def trailers() -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(request_trailers=pb.HttpTrailers(
+        trailers=HeaderMap(headers=[HeaderValue(key="x-trailer", raw_value=b"1")])))
 
 
 def set_headers(mutation: pb.HeaderMutation) -> dict[str, bytes]:
     return {h.header.key: h.header.raw_value for h in mutation.set_headers}
 
 
-@pytest.fixture
-async def channel() -> AsyncIterator[grpc.aio.Channel]:
+@pytest.fixture(params=["h2server", "grpcio"])
+async def channel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[grpc.aio.Channel]:
+    if request.param == "grpcio":
+        monkeypatch.setenv("AOAI_GATEWAY_EXTPROC_RUNTIME", "grpcio")
+    else:
+        monkeypatch.delenv("AOAI_GATEWAY_EXTPROC_RUNTIME", raising=False)
     with tempfile.TemporaryDirectory(prefix="gw") as tmp:
         settings = load_settings(env={
             "AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com",
@@ -64,20 +74,33 @@ async def exchange(channel: grpc.aio.Channel, *requests: pb.ProcessingRequest) -
     return answers
 
 
+async def refused(channel: grpc.aio.Channel, *requests: pb.ProcessingRequest) -> grpc.aio.AioRpcError:
+    """Send like Envoy; the last request must get no answer but a gRPC error (Envoy then fails closed)."""
+    call = ExternalProcessorStub(channel).Process()
+    for request in requests[:-1]:
+        await call.write(request)
+        await call.read()
+    await call.write(requests[-1])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    return caught.value
+
+
 async def test_chat_takes_two_messages_and_rewrites_in_the_body_response(channel: grpc.aio.Channel) -> None:
     first, second = await exchange(
         channel,
         headers("POST", "/v1/chat/completions?x=1", False, authorization="Bearer client-key", content_type="application/json"),
         body(b'{"model":"gpt-4o","messages":[]}'),
     )
-    assert first == pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+    assert first.request_headers == pb.HeadersResponse()  # CONTINUE: no change yet
+    assert first.mode_override.request_body_mode == ProcessingMode.BUFFERED
     common = second.request_body.response
     assert set_headers(common.header_mutation) == {
         ":path": b"/openai/deployments/prod-4o/chat/completions?x=1&api-version=2024-10-21",
         "api-key": b"server-key",
         "x-aoai-gateway-cluster": b"azure",
     }
-    assert list(common.header_mutation.remove_headers) == ["authorization"]
+    assert list(common.header_mutation.remove_headers) == ["authorization", "proxy-authorization"]
     assert common.clear_route_cache
     assert not common.HasField("body_mutation")  # never echo the body
 
@@ -136,3 +159,76 @@ async def test_stream_closed_before_any_message_is_harmless(channel: grpc.aio.Ch
     await call.done_writing()
     assert await call.read() is grpc.aio.EOF
     assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_every_mode_override_is_complete_and_asks_for_trailers_only_while_the_rpc_lasts(
+        channel: grpc.aio.Channel) -> None:
+    (streamed,) = await exchange(channel, headers("POST", "/v1/files", False, content_type="multipart/form-data; boundary=x"))
+    buffered, _ = await exchange(channel, headers("POST", "/v1/embeddings", False), body(b"{}"))
+    # The stream-through answer ends the RPC: trailers must not wait for it.
+    assert streamed.mode_override == ProcessingMode(
+        request_header_mode=ProcessingMode.SEND, request_body_mode=ProcessingMode.NONE,
+        request_trailer_mode=ProcessingMode.SKIP, response_header_mode=ProcessingMode.SKIP,
+        response_body_mode=ProcessingMode.NONE, response_trailer_mode=ProcessingMode.SKIP)
+    # The CONTINUE keeps the RPC open for the body, or for trailers when no body comes.
+    assert buffered.mode_override == ProcessingMode(
+        request_header_mode=ProcessingMode.SEND, request_body_mode=ProcessingMode.BUFFERED,
+        request_trailer_mode=ProcessingMode.SEND, response_header_mode=ProcessingMode.SKIP,
+        response_body_mode=ProcessingMode.NONE, response_trailer_mode=ProcessingMode.SKIP)
+
+
+async def test_headers_and_trailers_without_a_body_get_the_cores_empty_body_reply(channel: grpc.aio.Channel) -> None:
+    # An HTTP/2 client may send HEADERS then trailers, no DATA: Envoy sends request_trailers next.
+    _, answer = await exchange(channel, headers("POST", "/v1/chat/completions", False, content_type="application/json"),
+                               trailers())
+    (no_body,) = await exchange(channel, headers("POST", "/v1/chat/completions", True, content_type="application/json"))
+    assert answer.immediate_response.status.code == 400
+    assert answer.immediate_response == no_body.immediate_response  # the core's own words for an empty body
+    assert orjson.loads(answer.immediate_response.body)["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_body_followed_by_trailers_is_answered_and_the_rpc_ends(channel: grpc.aio.Channel) -> None:
+    # BUFFERED mode: the whole body comes first (end_of_stream false, trailers follow); the answer
+    # is final, so the RPC ends and Envoy lets the trailers through.
+    _, second = await exchange(channel, headers("POST", "/v1/chat/completions", False, content_type="application/json"),
+                               body(b'{"model":"gpt-4o","messages":[]}', end_of_stream=False))
+    assert set_headers(second.request_body.response.header_mutation)["api-key"] == b"server-key"
+
+
+RESPONSE_HEADERS = pb.ProcessingRequest(response_headers=pb.HttpHeaders())
+CHAT_HEADERS = headers("POST", "/v1/chat/completions", False, content_type="application/json")
+
+
+@pytest.mark.parametrize("requests", [
+    pytest.param((trailers(),), id="trailers-first"),
+    pytest.param((body(b"{}"),), id="body-first"),
+    pytest.param((RESPONSE_HEADERS,), id="response-headers-first"),
+    pytest.param((pb.ProcessingRequest(),), id="empty-message"),
+    pytest.param((CHAT_HEADERS, CHAT_HEADERS), id="second-request-headers"),
+    pytest.param((CHAT_HEADERS, RESPONSE_HEADERS), id="response-headers-while-buffering"),
+    pytest.param((CHAT_HEADERS, pb.ProcessingRequest(response_body=pb.HttpBody(body=b"x"))), id="response-body"),
+    pytest.param((CHAT_HEADERS, pb.ProcessingRequest(response_trailers=pb.HttpTrailers())), id="response-trailers"),
+])
+async def test_an_unexpected_message_fails_the_call_instead_of_ending_it_ok(
+        channel: grpc.aio.Channel, requests: tuple[pb.ProcessingRequest, ...]) -> None:
+    error = await refused(channel, *requests)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "unexpected" in (error.details() or "")
+
+
+def test_trailers_never_forward() -> None:
+    """A trailers answer cannot rewrite the request's headers: should the core ever forward an empty
+    body, the call fails (Envoy answers 5xx) instead of continuing unmapped."""
+    from extproc.decision import AwaitBody, Forward
+    from extproc.h2server import INTERNAL, RpcError
+    from extproc.service import ExtProcCall, ForwardCache
+
+    class Forwarding:
+        def on_headers(self, head: object) -> AwaitBody:
+            return AwaitBody(lambda body: Forward("/openai/x", "key", "azure"))
+
+    call = ExtProcCall(Forwarding(), ForwardCache(enabled=False))  # type: ignore[arg-type]
+    assert call.on_message(CHAT_HEADERS.SerializeToString())[1] is False
+    with pytest.raises(RpcError) as caught:
+        call.on_message(trailers().SerializeToString())
+    assert caught.value.status == INTERNAL
