@@ -81,24 +81,21 @@ def body_not_object(kind: str) -> ErrorReply:
 
 
 def model_not_found(model: str, known: tuple[str, ...]) -> ErrorReply:
-    names = ", ".join(known) if known else "none are configured"
-    return ErrorReply.build(
-        404,
-        f"The model `{model}` does not exist or you do not have access to it. "
-        f"Models known to this proxy: {names}.",
-        param="model",
-        code="model_not_found",
-    )
+    return _not_found("model", model, "Models", known)
 
 
 def deployment_not_found(deployment: str, known: tuple[str, ...]) -> ErrorReply:
     """An Azure-form request (/openai/deployments/X/...) for a deployment outside the model map,
     under `unmapped_models: reject`: the same refusal as for an unknown model."""
+    return _not_found("deployment", deployment, "Deployments", known)
+
+
+def _not_found(what: str, name: str, known_label: str, known: tuple[str, ...]) -> ErrorReply:
     names = ", ".join(known) if known else "none are configured"
     return ErrorReply.build(
         404,
-        f"The deployment `{deployment}` does not exist or you do not have access to it. "
-        f"Deployments known to this proxy: {names}.",
+        f"The {what} `{name}` does not exist or you do not have access to it. "
+        f"{known_label} known to this proxy: {names}.",
         param="model",
         code="model_not_found",
     )

@@ -43,22 +43,19 @@ FORWARD_CACHE_SIZE = 1024
 # Request trailers: SKIP where the override comes with the RPC's last answer (nothing more is wanted,
 # and a SEND would hold the trailers for a stream that is ending); SEND with the CONTINUE, so that a
 # request of headers and trailers alone is answered whatever the Envoy config says.
-_STREAM_BODY_MODE = ProcessingMode(
-    request_header_mode=ProcessingMode.SEND,
-    request_body_mode=ProcessingMode.NONE,
-    request_trailer_mode=ProcessingMode.SKIP,
-    response_header_mode=ProcessingMode.SKIP,
-    response_body_mode=ProcessingMode.NONE,
-    response_trailer_mode=ProcessingMode.SKIP,
-)
-_BUFFER_BODY_MODE = ProcessingMode(
-    request_header_mode=ProcessingMode.SEND,
-    request_body_mode=ProcessingMode.BUFFERED,
-    request_trailer_mode=ProcessingMode.SEND,
-    response_header_mode=ProcessingMode.SKIP,
-    response_body_mode=ProcessingMode.NONE,
-    response_trailer_mode=ProcessingMode.SKIP,
-)
+def _request_mode(body: int, trailers: int) -> ProcessingMode:
+    return ProcessingMode(
+        request_header_mode=ProcessingMode.SEND,
+        request_body_mode=body,
+        request_trailer_mode=trailers,
+        response_header_mode=ProcessingMode.SKIP,
+        response_body_mode=ProcessingMode.NONE,
+        response_trailer_mode=ProcessingMode.SKIP,
+    )
+
+
+_STREAM_BODY_MODE = _request_mode(ProcessingMode.NONE, ProcessingMode.SKIP)
+_BUFFER_BODY_MODE = _request_mode(ProcessingMode.BUFFERED, ProcessingMode.SEND)
 _CONTINUE_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_BUFFER_BODY_MODE)
 _CONTINUE_BYTES = _CONTINUE_HEADERS.SerializeToString()
 _JSON_CONTENT_TYPE = HeaderValueOption(header=HeaderValue(key="content-type", raw_value=b"application/json"))

@@ -20,7 +20,7 @@ from .config import DEPLOYMENT_OPERATIONS, RESOURCE_OPERATIONS, Settings
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead
 from .jsonbody import DuplicateMember, InvalidJson, count_top_level, kind_of, parse_json, replace_top_level_string
 from .mapping import ModelMapper
-from .multipart import DuplicateFieldError, MultipartError, boundary_of, find_field, is_multipart, replace_field
+from .multipart import DuplicateFieldError, FormField, MultipartError, boundary_of, find_field, is_multipart, replace_field
 
 AZURE_CLUSTER = "azure"  # the Envoy cluster of the (today single) Azure resource
 # images/edits also takes JSON (image URLs or file ids); these two take only multipart/form-data.
@@ -223,12 +223,9 @@ class Translator:
             boundary = boundary_of(content_type)
             if boundary is None or not body:
                 return Reply.error(errors.INVALID_MULTIPART)
-            try:
-                field = find_field(body, boundary, "model")
-            except DuplicateFieldError:
-                return Reply.error(errors.DUPLICATE_MODEL)
-            except MultipartError:
-                return Reply.error(errors.INVALID_MULTIPART)
+            field = _model_field(body, boundary)
+            if isinstance(field, Reply):
+                return field
             model: object = field.value if field is not None else None
         else:
             try:
@@ -291,12 +288,9 @@ class Translator:
         return Forward(route.path_for(deployment, query), api_key, AZURE_CLUSTER, new_body)
 
     def _on_multipart(self, route: _BodyRoute, query: str, api_key: str, body: bytes, boundary: bytes) -> BodyDecision:
-        try:
-            field = find_field(body, boundary, "model")
-        except DuplicateFieldError:
-            return Reply.error(errors.DUPLICATE_MODEL)
-        except MultipartError:
-            return Reply.error(errors.INVALID_MULTIPART)
+        field = _model_field(body, boundary)
+        if isinstance(field, Reply):
+            return field
         if field is None or not field.value:
             return Reply.error(errors.MISSING_MODEL)
         deployment = self._mapper.deployment_for(field.value)
@@ -306,3 +300,13 @@ class Translator:
         if route.model_in_body and deployment != field.value:
             new_body = replace_field(body, field, deployment)
         return Forward(route.path_for(deployment, query), api_key, AZURE_CLUSTER, new_body)
+
+
+def _model_field(body: bytes, boundary: bytes) -> FormField | Reply | None:
+    """The multipart body's `model` field (None when it has none), or the reply refusing the body."""
+    try:
+        return find_field(body, boundary, "model")
+    except DuplicateFieldError:
+        return Reply.error(errors.DUPLICATE_MODEL)
+    except MultipartError:
+        return Reply.error(errors.INVALID_MULTIPART)
