@@ -18,7 +18,8 @@ import signal
 import struct
 from pathlib import Path
 
-from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
 
 from extproc.decision import Forward
 from extproc.service import _CONTINUE_HEADERS, body_forward_response
@@ -33,7 +34,7 @@ def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
 
 
-def grpc_message(message: pb.ProcessingResponse) -> bytes:
+def grpc_message(message: Message) -> bytes:
     data = message.SerializeToString()
     return b"\x00" + struct.pack(">I", len(data)) + data
 
@@ -42,6 +43,7 @@ def grpc_message(message: pb.ProcessingResponse) -> bytes:
 RESPONSE_HEADERS = b"\x88" + b"\x0f\x10\x10application/grpc"  # :status 200, content-type
 TRAILERS = b"\x00\x0bgrpc-status\x010"
 CONTINUE = grpc_message(_CONTINUE_HEADERS)
+SERVING = grpc_message(health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING))
 DECISION = grpc_message(body_forward_response(Forward(
     "/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21", "bench-azure-key", "azure")))
 # Our settings: no dynamic table, effectively unlimited stream windows; and a huge connection window.
@@ -88,9 +90,17 @@ class Connection(asyncio.Protocol):
                     continue
                 pending = state[0]
                 pending += payload
-                while len(pending) >= 5 and len(pending) >= 5 + int.from_bytes(pending[1:5], "big"):
-                    del pending[: 5 + int.from_bytes(pending[1:5], "big")]
+                while len(pending) >= 5 and len(pending) >= 5 + (size := int.from_bytes(pending[1:5], "big")):
+                    del pending[: 5 + size]
                     state[1] += 1
+                    if state[1] == 1 and size == 0:
+                        # Envoy's health check: an empty grpc.health.v1 HealthCheckRequest (an ext_proc
+                        # ProcessingRequest is never empty). Without SERVING no request is routed here.
+                        out.append(frame(HEADERS, END_HEADERS, stream, RESPONSE_HEADERS) + frame(DATA, 0, stream, SERVING)
+                                   + frame(HEADERS, END_HEADERS | END_STREAM, stream, TRAILERS)
+                                   + frame(RST_STREAM, 0, stream, b"\0\0\0\0"))
+                        del self.streams[stream]
+                        break
                     if state[1] == 1:
                         out.append(frame(HEADERS, END_HEADERS, stream, RESPONSE_HEADERS) + frame(DATA, 0, stream, CONTINUE))
                     else:

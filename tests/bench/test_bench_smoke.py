@@ -29,7 +29,7 @@ def test_bench_runs_and_reports_every_column(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--duration", "1", "--warmup", "0", "--connections", "1,4",
          "--workers", "1", "--streams", "2", "--sse-chunks", "3", "--sse-interval-ms", "10",
-         "--large-body-requests", "2", "--soak", "2", "--json", str(output)],
+         "--large-body-requests", "2", "--soak", "2", "--grpcio", "--floor", "--json", str(output)],
         cwd=REPO, capture_output=True, text=True, timeout=170,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -38,14 +38,15 @@ def test_bench_runs_and_reports_every_column(tmp_path: Path) -> None:
 
     results = json.loads(output.read_text())
     rows = {(r["setup"], r["connections"]): r for r in results["throughput"]}
-    assert set(rows) == {("a", 1), ("b1", 1), ("a", 4), ("b1", 4)}
+    # g: the grpcio runtime, f: the floor server; each must really serve (health checks included).
+    assert set(rows) == {(setup, conns) for setup in ("a", "b1", "g1", "f1") for conns in (1, 4)}
     for (setup, _), row in rows.items():
         assert THROUGHPUT_COLUMNS <= row.keys()
         assert row["requests"] > 0 and row["errors"] == 0
         assert (row["extproc_cpu_us_per_req"] is None) == (setup == "a")
-    assert [s["setup"] for s in results["streaming"]] == ["a", "b1"]
+    assert [s["setup"] for s in results["streaming"]] == ["a", "b1", "g1", "f1"]
     assert all(STREAM_COLUMNS <= s.keys() for s in results["streaming"])
-    assert [(r["setup"], r["ok"]) for r in results["large_body"]] == [("a", 2), ("b1", 2)]
+    assert [(r["setup"], r["ok"]) for r in results["large_body"]] == [("a", 2), ("b1", 2), ("g1", 2), ("f1", 2)]
     assert results["soak"]["rss_after_bytes"] > 0 and results["soak"]["errors"] == 0
     assert any(t["target"].startswith("1 MiB body through") and t["holds"] for t in results["targets"])
     assert results["machine"]["cores"] and results["machine"]["envoy"]
