@@ -86,7 +86,13 @@ def _seconds(value: float) -> str:
 def render(settings: Settings, downstream_tls: DownstreamTls | None, template: Path | None = None) -> dict[str, Any]:
     """The Envoy config for `settings`, as a dict ready to dump."""
     template = template or template_path()
-    config: dict[str, Any] = yaml.safe_load(template.read_text())
+    try:
+        config: dict[str, Any] = yaml.safe_load(template.read_text())
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the Envoy config template {template} ({exc.strerror}); it is envoy/envoy.yaml "
+            f"beside the package unless {TEMPLATE_ENV} names another file"
+        ) from exc
     config["admin"]["address"]["socket_address"]["port_value"] = settings.envoy.admin_port
     resources = config["static_resources"]
 

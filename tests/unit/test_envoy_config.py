@@ -87,6 +87,12 @@ def test_missing_endpoint_is_a_config_error(tmp_path: Path, tls) -> None:
         envoy_config.render(load_settings(env={}), tls)
 
 
+def test_a_missing_template_is_a_config_error_naming_the_variable(tmp_path: Path, tls, monkeypatch) -> None:
+    monkeypatch.setenv(envoy_config.TEMPLATE_ENV, str(tmp_path / "nowhere.yaml"))
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml.*AOAI_GATEWAY_ENVOY_TEMPLATE"):
+        envoy_config.render(settings_for(tmp_path), tls)
+
+
 def test_the_template_itself_is_the_default_config() -> None:
     template = yaml.safe_load(envoy_config.REPO_TEMPLATE.read_text())
     listeners = {listener["name"] for listener in template["static_resources"]["listeners"]}
