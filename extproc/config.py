@@ -180,6 +180,8 @@ class Settings(_Strict):
         for model, deployment in value.items():
             if not model.strip() or not deployment.strip():
                 raise ValueError(f"model and deployment names must not be empty (got {model!r}: {deployment!r})")
+            if deployment in (".", ".."):
+                raise ValueError(f"{deployment!r} is not a deployment name (model {model!r})")
         return value
 
     @field_validator("endpoints")

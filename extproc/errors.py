@@ -42,7 +42,11 @@ def error_body(
     param: str | None = None,
     code: str | None = None,
 ) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+    try:
+        return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+    except TypeError:  # a lone surrogate from the client's path or model: shown as `\udcff` text
+        message = message.encode("utf-8", "backslashreplace").decode()
+        return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
 
 
 # The proxy's fixed errors, built once.
@@ -59,6 +63,9 @@ DUPLICATE_MODEL = ErrorReply.build(
     400, "The request gives the `model` parameter more than once; give it exactly once.", param="model"
 )
 MODEL_NOT_STRING = ErrorReply.build(400, "The `model` parameter must be a string.", param="model")
+MODEL_NOT_TEXT = ErrorReply.build(
+    400, "The `model` parameter is not valid Unicode text (it has a lone surrogate escape).", param="model"
+)
 INVALID_MULTIPART = ErrorReply.build(
     400, "We could not parse the multipart/form-data body of your request."
 )

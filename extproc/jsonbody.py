@@ -61,6 +61,21 @@ def count_top_level(body: bytes, key: str) -> int:
     return len(_spans(body, key)[2])
 
 
+def names_more_than_once(body: bytes, document: dict[str, object], key: str) -> bool:
+    """Whether the top-level object (`document`, parsed from `body`) names member `key` more than
+    once, counting names that differ from it only in case (readers that match names
+    case-insensitively would see two). `key` is lowercase.
+
+    The walk (count_top_level) runs only when the body could hide a second member: UTF-8 with no
+    `\\u` escape shows every member name as written, so one quoted `key` at most means one member.
+    """
+    if len(document) > 1 and any(name != key and name.lower() == key for name in document):
+        return True
+    if b"\x00" not in body and b"\\u" not in body and body.count(b'"' + key.encode() + b'"') <= 1:
+        return False  # (UTF-16 and UTF-32 bodies have NULs; a UTF-8 one never has a raw NUL)
+    return count_top_level(body, key) > 1
+
+
 def replace_top_level_string(body: bytes, key: str, value: str) -> bytes:
     """The body with the value of its one top-level `key` replaced by the JSON string `value`; every
     other byte as the client sent it (numbers, escapes, spacing, member order, BOM, encoding).

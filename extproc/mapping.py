@@ -6,6 +6,8 @@ from typing import Mapping
 
 from .config import UnmappedModelPolicy
 
+_NOT_DEPLOYMENT_NAMES = frozenset({"", ".", ".."})
+
 
 class ModelMapper:
     def __init__(self, models: Mapping[str, str], policy: UnmappedModelPolicy) -> None:
@@ -23,10 +25,13 @@ class ModelMapper:
         if deployment is not None:
             return deployment
         if self._policy is UnmappedModelPolicy.PASSTHROUGH:
-            return model
-        if self._policy is UnmappedModelPolicy.STRIP_DOTS:
-            return model.replace(".", "").replace(":", "")
-        return None
+            deployment = model
+        elif self._policy is UnmappedModelPolicy.STRIP_DOTS:
+            deployment = model.replace(".", "").replace(":", "")
+        else:
+            return None
+        # `.` and `..` would leave /openai/deployments/ in the path (quote() keeps dots); `` is none.
+        return None if deployment in _NOT_DEPLOYMENT_NAMES else deployment
 
     def allows_deployment(self, deployment: str) -> bool:
         """Whether a request naming the deployment itself (Azure form) may be sent on."""

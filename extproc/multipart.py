@@ -5,6 +5,7 @@ The body is parsed by python-multipart in one pass; file parts are skipped, not 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -33,8 +34,15 @@ def is_multipart(content_type: str) -> bool:
 def _params(header: str | bytes) -> tuple[bytes, dict[bytes, bytes]]:
     """parse_options_header with parameter names lowercased: they are case-insensitive (RFC 9110
     5.6.6), `Boundary=` and `Name=` included. Quoted values (with backslash escapes) are unquoted."""
-    kind, params = parse_options_header(header)
+    try:
+        kind, params = parse_options_header(header)
+    except (UnicodeError, ValueError):  # a str header beyond Latin-1: no type Azure reads either
+        return b"", {}
     return kind, {key.lower(): value for key, value in params.items()}
+
+
+# A `name` parameter, to count them: the parser keeps the last, .NET's the first.
+_NAME_PARAM = re.compile(rb"(?:^|;)\s*name\s*=", re.IGNORECASE)
 
 
 def boundary_of(content_type: str) -> bytes | None:
@@ -50,16 +58,19 @@ class _FieldFinder:
 
     def __init__(self, body: bytes, name: str) -> None:
         self.body = body
-        self.wanted = name.encode()
+        self.wanted = name.lower().encode()
         self.header_name = b""
         self.header_value = b""
         self.in_target = False
+        self.disposition_seen = False
         self.spans: list[tuple[int, int]] = []
         self.found: FormField | None = None
         self.duplicate = False
+        self.ambiguous = ""  # why a part might or might not be the field, depending on the reader
 
     def on_part_begin(self) -> None:
         self.in_target = False
+        self.disposition_seen = False
         self.spans = []
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -71,7 +82,16 @@ class _FieldFinder:
     def on_header_end(self) -> None:
         if self.header_name.lower() == b"content-disposition":
             _, params = _params(self.header_value)
-            self.in_target = params.get(b"name") == self.wanted and b"filename" not in params
+            if self.disposition_seen:
+                self.ambiguous = "a part has two Content-Disposition headers"
+            elif len(_NAME_PARAM.findall(self.header_value)) > 1:
+                self.ambiguous = "a part has two names"
+            self.disposition_seen = True
+            # Form field names compared case-insensitively, as ASP.NET reads them.
+            named = params.get(b"name", b"").lower() == self.wanted
+            if named and b"filename" in params:
+                self.ambiguous = f"the {self.wanted.decode()!r} field is sent as a file"
+            self.in_target = named and b"filename" not in params
         self.header_name = self.header_value = b""
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -103,6 +123,8 @@ def find_field(body: bytes, boundary: bytes, name: str) -> FormField | None:
         raise MultipartError(str(exc)) from exc
     if finder.duplicate:
         raise DuplicateFieldError(f"the {name!r} field is given more than once")
+    if finder.ambiguous:
+        raise MultipartError(finder.ambiguous)
     return finder.found
 
 

@@ -18,7 +18,7 @@ import orjson
 from . import errors
 from .config import DEPLOYMENT_OPERATIONS, RESOURCE_OPERATIONS, Settings
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead
-from .jsonbody import DuplicateMember, InvalidJson, count_top_level, kind_of, parse_json, replace_top_level_string
+from .jsonbody import DuplicateMember, InvalidJson, kind_of, names_more_than_once, parse_json, replace_top_level_string
 from .mapping import ModelMapper
 from .multipart import DuplicateFieldError, FormField, MultipartError, boundary_of, find_field, is_multipart, replace_field
 
@@ -178,11 +178,17 @@ class Translator:
 
         for prefix, (azure_prefix, merge) in self._resource_prefixes.items():
             if path == prefix or path.startswith(prefix + "/"):
-                if head.method not in RESOURCE_METHODS or escapes_its_prefix(path):
+                # `/v1/responses/` is no id, and Azure could take it for `/v1/responses` unmapped.
+                if head.method not in RESOURCE_METHODS or path == prefix + "/" or escapes_its_prefix(path):
                     break
                 if api_key is None:
                     return Reply.error(errors.MISSING_API_KEY)
-                return Forward(azure_prefix + path[len(prefix) :] + merge(query), api_key, AZURE_CLUSTER)
+                forward = Forward(azure_prefix + path[len(prefix) :] + merge(query), api_key, AZURE_CLUSTER)
+                if self._mapper.rejects_unknown and head.method == "POST" and head.has_body and prefix != "/v1/files":
+                    # e.g. /v1/responses/input_tokens: a model in the body reaches Azure as it is.
+                    content_type = head.content_type
+                    return AwaitBody(lambda body: self._check_azure_form_body(forward, content_type, body))
+                return forward
 
         return Reply.error(errors.invalid_url(head.method, path))
 
@@ -205,8 +211,9 @@ class Translator:
         """`unmapped_models: reject` holds for Azure-form requests too: the deployment they name, in
         the path or (v1 surface, responses, assistants...) in the body's model, must be a mapped one."""
         forward = Forward(self._azure_form_path(path, query), api_key, AZURE_CLUSTER)
-        if path.startswith(AZURE_DEPLOYMENTS_PREFIX):
-            # Azure serves the deployment in the path; a model in the body is not read for routing.
+        if path[: len(AZURE_DEPLOYMENTS_PREFIX)].lower() == AZURE_DEPLOYMENTS_PREFIX:
+            # Azure serves the deployment in the path (matched case-insensitively, as Azure may);
+            # a model in the body is not read for routing.
             deployment = unquote(path[len(AZURE_DEPLOYMENTS_PREFIX) :].partition("/")[0])
             if not self._mapper.allows_deployment(deployment):
                 return Reply.error(errors.deployment_not_found(deployment, self._mapper.known_deployments))
@@ -226,17 +233,21 @@ class Translator:
             field = _model_field(body, boundary)
             if isinstance(field, Reply):
                 return field
-            model: object = field.value if field is not None else None
+            models: list[object] = [field.value if field is not None else None]
         else:
             try:
                 document = parse_json(body)
-                if isinstance(document, dict) and "model" in document and count_top_level(body, "model") > 1:
-                    return Reply.error(errors.DUPLICATE_MODEL)
             except InvalidJson:
                 return Reply.error(errors.INVALID_JSON)
-            model = document.get("model") if isinstance(document, dict) else None
-        if isinstance(model, str) and model and not self._mapper.allows_deployment(model):
-            return Reply.error(errors.deployment_not_found(model, self._mapper.known_deployments))
+            if not isinstance(document, dict):
+                return forward  # no model to route by; Azure answers for itself
+            if names_more_than_once(body, document, "model"):
+                return Reply.error(errors.DUPLICATE_MODEL)
+            session = document.get("session")  # realtime client secrets name the deployment there
+            models = [document.get("model"), session.get("model") if isinstance(session, dict) else None]
+        for named in models:
+            if isinstance(named, str) and named and not self._mapper.allows_deployment(named):
+                return Reply.error(errors.deployment_not_found(named, self._mapper.known_deployments))
         return forward
 
     def _models_reply(self, method: str, path: str) -> Reply:
@@ -267,13 +278,17 @@ class Translator:
             return Reply.error(errors.INVALID_JSON)
         if not isinstance(document, dict):
             return Reply.error(errors.body_not_object(kind_of(document)))
-        # Several top-level `model`s: both parsers keep the last; on the classic surface Azure
-        # routes by the path, so only a rewrite (below) has to care which one Azure reads.
+        # Several `model`s: parsers differ on which counts, so the one checked here might not be
+        # the one Azure reads (v1 surface, responses). Refused everywhere, for one rule.
+        if names_more_than_once(body, document, "model"):
+            return Reply.error(errors.DUPLICATE_MODEL)
         model = document.get("model")
         if model is None or model == "":
             return Reply.error(errors.MISSING_MODEL)
         if not isinstance(model, str):
             return Reply.error(errors.MODEL_NOT_STRING)
+        if not model.isascii() and not _is_text(model):
+            return Reply.error(errors.MODEL_NOT_TEXT)
         deployment = self._mapper.deployment_for(model)
         if deployment is None:
             return Reply.error(errors.model_not_found(model, self._mapper.known_models))
@@ -310,3 +325,13 @@ def _model_field(body: bytes, boundary: bytes) -> FormField | Reply | None:
         return Reply.error(errors.DUPLICATE_MODEL)
     except MultipartError:
         return Reply.error(errors.INVALID_MULTIPART)
+
+
+def _is_text(value: str) -> bool:
+    """Whether the string encodes to UTF-8: JSON's `\\ud800` escape decodes to a lone surrogate,
+    which no path or body can carry."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

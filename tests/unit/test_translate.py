@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extproc.config import Settings, load_settings
+from extproc.config import ConfigError, Settings, load_settings
 from extproc.decision import AwaitBody, Forward, Reply, RequestHead
 from extproc.translate import Translator, merge_query
 
@@ -139,10 +139,37 @@ class TestMultipart:
         decision = post(make({"AZURE_MODEL_MAP": '{"whisper-1": "stt"}'}), f"/v1/{operation}", body, content_type)
         assert decision == Forward(f"/openai/deployments/stt/{operation}?api-version=2024-10-21", SERVER_KEY, "azure")
 
-    def test_a_file_named_model_is_not_the_model(self) -> None:
+    def test_a_file_named_model_is_refused(self) -> None:
+        # Which one is the model, the file or the field? Readers differ: neither is guessed.
         body, content_type = multipart([("model", b"not-a-field", "model.txt"), ("model", b"whisper-1", None)])
-        assert post(make(), "/v1/audio/transcriptions", body, content_type).path.startswith(
-            "/openai/deployments/whisper-1/")
+        reply = post(make(), "/v1/audio/transcriptions", body, content_type)
+        assert reply.status == 400 and "multipart" in error_of(reply)["message"]
+
+    @pytest.mark.parametrize("disposition", [
+        'form-data; name="model"; name="x"',  # python-multipart keeps the last name, .NET the first
+        'form-data; name="x"; NAME="model"',
+    ])
+    def test_a_part_with_two_names_is_refused(self, disposition: str) -> None:
+        body = (f"--b0undary\r\nContent-Disposition: {disposition}\r\n\r\nother\r\n"
+                "--b0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b0undary--\r\n").encode()
+        reply = post(make(), "/v1/audio/transcriptions", body, "multipart/form-data; boundary=b0undary")
+        assert reply.status == 400
+
+    def test_a_part_with_two_dispositions_is_refused(self) -> None:
+        body = (b'--b0undary\r\nContent-Disposition: form-data; name="x"\r\nContent-Disposition: form-data; name="model"'
+                b'\r\n\r\nother\r\n--b0undary--\r\n')
+        assert post(make(), "/v1/audio/transcriptions", body, "multipart/form-data; boundary=b0undary").status == 400
+
+    def test_field_names_are_case_insensitive(self) -> None:
+        body, content_type = multipart([("MODEL", b"other", None), ("model", b"whisper-1", None)])
+        assert post(make(), "/v1/audio/transcriptions", body, content_type).status == 400  # twice
+        body, content_type = multipart([("Model", b"whisper-1", None)])
+        assert post(make(), "/v1/audio/transcriptions", body, content_type).path.startswith("/openai/deployments/whisper-1/")
+
+    @pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=\u20ac", "multipart/form-data; boundary=\udcff"])
+    def test_a_content_type_beyond_latin1_is_400_not_a_crash(self, content_type: str) -> None:
+        body, _ = multipart([("model", b"whisper-1", None)])
+        assert post(make(), "/v1/audio/transcriptions", body, content_type).status == 400
 
     def test_missing_model_field_is_400(self) -> None:
         body, content_type = multipart([("file", b"x", "a.wav")])
@@ -344,10 +371,24 @@ class TestExactRewrites:
             assert reply.status == 400 and error_of(reply)["param"] == "model"
             assert "more than once" in error_of(reply)["message"]
 
-    def test_duplicate_model_on_the_classic_surface_routes_by_the_last(self) -> None:
-        # Both parsers keep the last; Azure routes by the path there, never by the body's model.
-        decision = post(make(), "/v1/chat/completions", b'{"model": "a", "model": "b"}')
-        assert decision.path.startswith("/openai/deployments/b/") and decision.body is None
+    @pytest.mark.parametrize("body", [
+        b'{"model": "a", "model": "b"}',
+        b'{"model": "a", "mod\\u0065l": "b"}',
+        b'{"model": "a", "Model": "b"}',
+        '{"model": "a", "model": "b"}'.encode("utf-16"),
+    ])
+    def test_duplicate_model_is_400_on_every_surface(self, body: bytes) -> None:
+        # Also where no rewrite happens (classic surface, or a model mapped to itself on the v1 one):
+        # the model checked must be the one Azure reads.
+        identity = make({"AZURE_MODEL_MAP": '{"a": "a"}'}, endpoints={"chat/completions": {"api": "v1"}})
+        for translator in (make(), identity):
+            reply = post(translator, "/v1/chat/completions", body)
+            assert isinstance(reply, Reply) and reply.status == 400, reply
+            assert error_of(reply)["param"] == "model"
+
+    def test_model_as_a_string_value_elsewhere_is_no_duplicate(self) -> None:
+        body = b'{"model": "a", "messages": [{"role": "user", "content": "\\"model\\"", "model": "x"}]}'
+        assert isinstance(post(make(), "/v1/chat/completions", body), Forward)
 
     def test_content_length_follows_the_new_body(self) -> None:
         from extproc.service import body_forward_response
@@ -455,6 +496,69 @@ class TestRejectPolicyInAzureForm:
                      RequestHead("POST", "/openai/v1/responses/r1/cancel"),
                      RequestHead("GET", "/openai/v1/models")):
             assert isinstance(translator.on_headers(head), Forward), head
+
+
+class TestUnusualModels:
+    @pytest.mark.parametrize("policy", ["passthrough", "strip_dots", "reject"])
+    def test_a_lone_surrogate_model_is_400_not_a_crash(self, policy: str) -> None:
+        reply = post(make({"AOAI_GATEWAY_UNMAPPED_MODELS": policy}), "/v1/chat/completions", b'{"model": "\\ud800x"}')
+        assert isinstance(reply, Reply) and reply.status == 400
+        assert error_of(reply)["param"] == "model"
+
+    @pytest.mark.parametrize(("policy", "model"), [("passthrough", ".."), ("passthrough", "."), ("strip_dots", "..."),
+                                                   ("strip_dots", ":.")])
+    def test_a_model_that_makes_no_deployment_name_is_404(self, policy: str, model: str) -> None:
+        reply = post(make({"AOAI_GATEWAY_UNMAPPED_MODELS": policy}), "/v1/chat/completions", chat(model))
+        assert isinstance(reply, Reply) and reply.status == 404
+
+    def test_dot_deployment_names_are_refused_in_the_config(self) -> None:
+        with pytest.raises(ConfigError, match="not a deployment name"):
+            make({"AZURE_OPENAI_MODEL_MAPPER": "gpt-4o=.."})
+
+    def test_an_error_naming_a_lone_surrogate_is_still_json(self) -> None:
+        reply = make().on_headers(RequestHead("GET", "/v1/nowhere\udcff"))
+        assert isinstance(reply, Reply) and reply.status == 404
+        assert "nowhere" in error_of(reply)["message"]
+
+
+class TestRejectOnResourcePaths:
+    ENV = TestRejectPolicyInAzureForm.ENV
+
+    @pytest.mark.parametrize("method", ["POST", "GET", "DELETE"])
+    def test_an_empty_id_is_404(self, method: str) -> None:
+        reply = make().on_headers(RequestHead(method, "/v1/responses/", "application/json", has_body=method == "POST"))
+        assert isinstance(reply, Reply) and reply.status == 404
+
+    def test_a_post_below_responses_has_its_model_checked(self) -> None:
+        translator = make(self.ENV)
+        decision = translator.on_headers(RequestHead("POST", "/v1/responses/input_tokens", "application/json", has_body=True))
+        assert isinstance(decision, AwaitBody)
+        assert decision.finish(b'{"model": "secret", "input": "x"}').status == 404
+        assert isinstance(decision.finish(b'{"model": "prod-4o", "input": "x"}'), Forward)
+        cancel = translator.on_headers(RequestHead("POST", "/v1/responses/r1/cancel"))
+        assert isinstance(cancel, Forward)  # no body: decided from the headers
+
+    def test_file_uploads_still_stream(self) -> None:
+        head = RequestHead("POST", "/v1/files", "multipart/form-data; boundary=x", has_body=True)
+        assert isinstance(make(self.ENV).on_headers(head), Forward)
+
+    @pytest.mark.parametrize("path", ["/openai/DEPLOYMENTS/secret/chat/completions", "/openai/Deployments/secret/embeddings"])
+    def test_the_deployments_prefix_is_matched_in_any_case(self, path: str) -> None:
+        reply = make(self.ENV).on_headers(RequestHead("POST", path, "application/json", has_body=True))
+        assert isinstance(reply, Reply) and reply.status == 404
+
+    def test_realtime_client_secrets_name_their_deployment_in_the_session(self) -> None:
+        translator = make(self.ENV)
+        decision = translator.on_headers(RequestHead("POST", "/openai/v1/realtime/client_secrets", "application/json",
+                                                     has_body=True))
+        assert isinstance(decision, AwaitBody)
+        assert decision.finish(b'{"session": {"type": "realtime", "model": "secret"}}').status == 404
+        assert isinstance(decision.finish(b'{"session": {"type": "realtime", "model": "prod-4o"}}'), Forward)
+
+    def test_a_case_variant_model_key_in_an_azure_form_body_is_refused(self) -> None:
+        decision = make(self.ENV).on_headers(RequestHead("POST", "/openai/v1/responses", "application/json", has_body=True))
+        assert isinstance(decision, AwaitBody)
+        assert decision.finish(b'{"Model": "secret", "model": "prod-4o"}').status == 400
 
 
 class TestDotSegments:
