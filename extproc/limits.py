@@ -12,5 +12,10 @@ if TYPE_CHECKING:
 GRPC_MESSAGE_HEADROOM = 1024 * 1024
 
 
+# How long the supervisor gives its workers to stop before SIGKILL; whoever stops the supervisor
+# (`up`) must wait longer than this, or the supervisor dies before it kills a hung worker.
+WORKER_STOP_TIMEOUT_S = 10.0
+
+
 def grpc_max_message_bytes(settings: Settings) -> int:
     return settings.limits.max_request_body_bytes + GRPC_MESSAGE_HEADROOM

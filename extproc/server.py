@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .config import Settings
 from .h2server import NOT_FOUND, GrpcServer, RpcError, socket_in_use
-from .limits import grpc_max_message_bytes
+from .limits import WORKER_STOP_TIMEOUT_S, grpc_max_message_bytes
 from .service import PROCESS_METHOD, call_factory, grpcio_handler
 from .translate import Translator
 
@@ -138,11 +138,13 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_supervisor(supervisor_pid: int) -> bool:
-    """Have Linux send SIGTERM when the supervisor dies, even by SIGKILL: an orphaned worker would
-    keep its socket and so block the next start. False when the supervisor is already gone."""
+    """Have Linux SIGKILL this worker when the supervisor dies, even by SIGKILL: an orphaned worker
+    would keep its socket and so block the next start. SIGKILL, not SIGTERM: a hung worker ignores
+    SIGTERM, and a stale socket file is cleared on the next start. False when the supervisor is
+    already gone."""
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
             log.warning("cannot tie this worker's life to its supervisor's")
     return os.getppid() == supervisor_pid
@@ -154,7 +156,7 @@ class RestartPolicy:
     max_delay_s: float = 5.0
     crash_limit: int = 5  # more unexpected exits than this of one worker within the window: give up
     window_s: float = 60.0
-    stop_timeout_s: float = 10.0  # after SIGTERM, SIGKILL what is still running
+    stop_timeout_s: float = WORKER_STOP_TIMEOUT_S  # after SIGTERM, SIGKILL what is still running
 
 
 class Supervisor:

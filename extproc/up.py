@@ -23,6 +23,7 @@ from . import envoy_config
 from .config import ConfigError, Settings
 from .emulator.settings import DEFAULT_DEPLOYMENTS
 from .h2server import socket_in_use
+from .limits import WORKER_STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 EMULATOR_KEY = "emulator-key"
@@ -56,7 +57,7 @@ class Stack:
     def first_exited(self) -> Child | None:
         return next((c for c in self.children if c.process.poll() is not None), None)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = WORKER_STOP_TIMEOUT_S + 5) -> None:
         for child in reversed(self.children):
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)

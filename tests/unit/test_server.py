@@ -116,6 +116,28 @@ def test_workers_exit_with_a_killed_supervisor(serve, tmp_path: Path) -> None:
     assert again.wait(15) == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_a_hung_worker_exits_with_a_killed_supervisor(serve, tmp_path: Path) -> None:
+    """A worker whose loop is stuck ignores SIGTERM: the death signal must be SIGKILL."""
+    process = serve(2)  # (one worker is served in the process itself, without a supervisor)
+    path = tmp_path / "run" / "extproc-1.sock"
+    _wait(lambda: _serving(path), 30, "the worker")
+    worker = _peer_pid(path)
+    assert worker != process.pid
+    os.kill(worker, signal.SIGSTOP)  # stands for a hang: no handler runs
+    process.kill()
+    process.wait()
+    _wait(lambda: not _alive(worker), 10, "the hung worker to be killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_stale_socket_file_does_not_prevent_start(serve, tmp_path: Path) -> None:
     path = tmp_path / "run" / "extproc-0.sock"
     path.parent.mkdir(parents=True)
