@@ -88,10 +88,22 @@ _OK_TRAILERS = _literal(b"grpc-status", b"0")
 def _trailers(status: int, message: str = "") -> bytes:
     block = _OK_TRAILERS if status == OK else _literal(b"grpc-status", str(status).encode())
     if message:
-        # grpc-message is percent-encoded; keep it short and ASCII.
-        encoded = "".join(c if 0x20 <= ord(c) < 0x7F and c != "%" else f"%{ord(c):02X}" for c in message[:100])
-        block += _literal(b"grpc-message", encoded.encode())
+        block += _literal(b"grpc-message", _percent_encoded(message, _MAX_LITERAL))
     return block
+
+
+_MAX_LITERAL = 126  # _literal writes one-byte lengths; 127 and up need HPACK's multi-byte integers
+
+
+def _percent_encoded(message: str, limit: int) -> bytes:
+    """grpc-message's encoding (percent-encoded UTF-8), cut to `limit` bytes between escapes."""
+    out = bytearray()
+    for byte in message.encode("utf-8", "backslashreplace"):
+        piece = bytes((byte,)) if 0x20 <= byte < 0x7F and byte != 0x25 else b"%%%02X" % byte
+        if len(out) + len(piece) > limit:
+            break
+        out += piece
+    return bytes(out)
 
 
 def _hpack_int(block: bytes, i: int, prefix_mask: int) -> tuple[int, int]:

@@ -106,6 +106,18 @@ async def test_unknown_method_is_unimplemented(served) -> None:
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+@pytest.mark.parametrize("method", ["/%" * 60, "/" + "\u00e9" * 200, "/x" * 300])
+async def test_long_error_messages_keep_the_connection_usable(served, method: str) -> None:
+    """The unknown method is echoed in grpc-message: percent-encoded UTF-8, cut to fit the header."""
+    _, channel = served
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await channel.unary_unary(method)(b"")
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert len((caught.value.details() or "").encode()) <= 126
+    # The same connection still serves.
+    assert (await _exchange(channel, headers("GET", "/v1/models", True)))[0].HasField("immediate_response")
+
+
 async def test_a_message_over_the_limit_is_refused(served) -> None:
     server, channel = served
     server.max_message_bytes = 1024
