@@ -446,3 +446,20 @@ def test_hung_worker_is_taken_out_by_health_checks(two_workers: tuple[Gateway, l
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: host_health(gateway, sockets[1]) == "healthy", timeout=15)
     assert chat_ok(gateway, 4) == [200] * 4
+
+
+@pytest.mark.parametrize(("target", "body"), [
+    # Headers-only routes in Envoy's config: the ext_proc's CONTINUE asks for the body all the same.
+    ("/v1/responses/input_tokens", b'{"model": "secret-deployment", "input": "x"}'),
+    ("/openai/v1/realtime/client_secrets", b'{"session": {"type": "realtime", "model": "secret-deployment"}}'),
+    # Ambiguous: which `model` would Azure read?
+    ("/v1/chat/completions", b'{"model": "gpt-4o", "Model": "secret-deployment", "messages": []}'),
+    ("/openai/v1/chat/completions", b'{"model": "prod-chat", "mod\\u0065l": "secret-deployment"}'),
+])
+def test_unmapped_deployments_are_refused_wherever_the_body_names_them(gateway: Gateway, azure: EmulatorThread,
+                                                                      target: str, body: bytes) -> None:
+    before = len(azure.requests())
+    status, headers, answer = raw_request(gateway, "POST", target, body)
+    assert status in (400, 404), answer
+    assert openai_error(status, headers, answer)["param"] == "model"
+    assert len(azure.requests()) == before
