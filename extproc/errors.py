@@ -60,7 +60,10 @@ MISSING_MODEL = ErrorReply.build(400, "you must provide a model parameter", para
 # Two `model`s: parsers disagree on which one counts (first or last), so the gateway could check one
 # model while Azure serves the other. Refused rather than guessed.
 DUPLICATE_MODEL = ErrorReply.build(
-    400, "The request gives the `model` parameter more than once; give it exactly once.", param="model"
+    400,
+    "The request gives the `model` parameter more than once (or spelled in another case, such as `Model`); "
+    "give it exactly once, as `model`.",
+    param="model",
 )
 MODEL_NOT_STRING = ErrorReply.build(400, "The `model` parameter must be a string.", param="model")
 MODEL_NOT_TEXT = ErrorReply.build(

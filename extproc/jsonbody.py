@@ -69,7 +69,7 @@ def names_more_than_once(body: bytes, document: dict[str, object], key: str) -> 
     The walk (count_top_level) runs only when the body could hide a second member: UTF-8 with no
     `\\u` escape shows every member name as written, so one quoted `key` at most means one member.
     """
-    if len(document) > 1 and any(name != key and name.lower() == key for name in document):
+    if any(name != key and name.lower() == key for name in document):
         return True
     if b"\x00" not in body and b"\\u" not in body and body.count(b'"' + key.encode() + b'"') <= 1:
         return False  # (UTF-16 and UTF-32 bodies have NULs; a UTF-8 one never has a raw NUL)

@@ -559,6 +559,7 @@ class TestRejectOnResourcePaths:
         decision = make(self.ENV).on_headers(RequestHead("POST", "/openai/v1/responses", "application/json", has_body=True))
         assert isinstance(decision, AwaitBody)
         assert decision.finish(b'{"Model": "secret", "model": "prod-4o"}').status == 400
+        assert decision.finish(b'{"Model": "secret"}').status == 400  # Azure may read it as the model
 
 
 class TestDotSegments:
