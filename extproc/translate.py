@@ -18,7 +18,7 @@ import orjson
 from . import errors
 from .config import DEPLOYMENT_OPERATIONS, RESOURCE_OPERATIONS, Settings
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead
-from .jsonbody import DuplicateMember, InvalidJson, kind_of, names_more_than_once, parse_json, replace_top_level_string
+from .jsonbody import InvalidJson, kind_of, names_more_than_once, parse_json, replace_top_level_string
 from .mapping import ModelMapper
 from .multipart import DuplicateFieldError, FormField, MultipartError, boundary_of, find_field, is_multipart, replace_field
 
@@ -184,10 +184,9 @@ class Translator:
                 if api_key is None:
                     return Reply.error(errors.MISSING_API_KEY)
                 forward = Forward(azure_prefix + path[len(prefix) :] + merge(query), api_key, AZURE_CLUSTER)
-                if self._mapper.rejects_unknown and head.method == "POST" and head.has_body and prefix != "/v1/files":
+                if self._mapper.rejects_unknown:
                     # e.g. /v1/responses/input_tokens: a model in the body reaches Azure as it is.
-                    content_type = head.content_type
-                    return AwaitBody(lambda body: self._check_azure_form_body(forward, content_type, body))
+                    return self._body_checked_under_reject(head, forward)
                 return forward
 
         return Reply.error(errors.invalid_url(head.method, path))
@@ -218,7 +217,12 @@ class Translator:
             if not self._mapper.allows_deployment(deployment):
                 return Reply.error(errors.deployment_not_found(deployment, self._mapper.known_deployments))
             return forward
-        if head.method != "POST" or not head.has_body or path.startswith(AZURE_UPLOAD_PREFIXES):
+        return self._body_checked_under_reject(head, forward)
+
+    def _body_checked_under_reject(self, head: RequestHead, forward: Forward) -> HeadersDecision:
+        """`forward` once the body's model is checked (_check_azure_form_body); at once for requests
+        without a body and for uploads (they stream unread, may exceed the body limit, name no model)."""
+        if head.method != "POST" or not head.has_body or forward.path.startswith(AZURE_UPLOAD_PREFIXES):
             return forward
         content_type = head.content_type
         return AwaitBody(lambda body: self._check_azure_form_body(forward, content_type, body))
@@ -227,10 +231,9 @@ class Translator:
         """Forward the body unchanged if the deployment its model names is a mapped one (or it has no
         model: nothing to route by); anything unreadable is refused, not forwarded unchecked."""
         if is_multipart(content_type):
-            boundary = boundary_of(content_type)
-            if boundary is None or not body:
+            if not body:
                 return Reply.error(errors.INVALID_MULTIPART)
-            field = _model_field(body, boundary)
+            field = _model_field(body, content_type)
             if isinstance(field, Reply):
                 return field
             models: list[object] = [field.value if field is not None else None]
@@ -263,10 +266,7 @@ class Translator:
 
     def _on_body(self, route: _BodyRoute, query: str, content_type: str, api_key: str, body: bytes) -> BodyDecision:
         if is_multipart(content_type):
-            boundary = boundary_of(content_type)
-            if boundary is None:  # multipart/mixed, or no boundary: nothing Azure can read either
-                return Reply.error(errors.INVALID_MULTIPART)
-            return self._on_multipart(route, query, api_key, body, boundary)
+            return self._on_multipart(route, query, api_key, body, content_type)
         if route.operation in MULTIPART_ONLY_OPERATIONS:
             return Reply.error(errors.INVALID_MULTIPART)
         return self._on_json(route, query, api_key, body)
@@ -296,14 +296,12 @@ class Translator:
         if route.model_in_body and deployment != model:
             try:
                 new_body = replace_top_level_string(body, "model", deployment)
-            except DuplicateMember:  # which one would Azure read? (errors.DUPLICATE_MODEL)
-                return Reply.error(errors.DUPLICATE_MODEL)
-            except InvalidJson:  # parsed, yet not walkable: not expected, but never forward a guess
+            except InvalidJson:  # parsed and one model, yet not walkable: not expected; never forward a guess
                 return Reply.error(errors.INVALID_JSON)
         return Forward(route.path_for(deployment, query), api_key, AZURE_CLUSTER, new_body)
 
-    def _on_multipart(self, route: _BodyRoute, query: str, api_key: str, body: bytes, boundary: bytes) -> BodyDecision:
-        field = _model_field(body, boundary)
+    def _on_multipart(self, route: _BodyRoute, query: str, api_key: str, body: bytes, content_type: str) -> BodyDecision:
+        field = _model_field(body, content_type)
         if isinstance(field, Reply):
             return field
         if field is None or not field.value:
@@ -317,8 +315,11 @@ class Translator:
         return Forward(route.path_for(deployment, query), api_key, AZURE_CLUSTER, new_body)
 
 
-def _model_field(body: bytes, boundary: bytes) -> FormField | Reply | None:
+def _model_field(body: bytes, content_type: str) -> FormField | Reply | None:
     """The multipart body's `model` field (None when it has none), or the reply refusing the body."""
+    boundary = boundary_of(content_type)
+    if boundary is None:  # multipart/mixed, or no boundary: nothing Azure can read either
+        return Reply.error(errors.INVALID_MULTIPART)
     try:
         return find_field(body, boundary, "model")
     except DuplicateFieldError:

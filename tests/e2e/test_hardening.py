@@ -30,6 +30,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
 )
 from grpc_health.v1 import health, health_pb2_grpc
 
+from bench.procs import descendants
 from extproc import envoy_config
 from extproc.config import load_settings
 from extproc.up import free_port
@@ -341,29 +342,11 @@ def _listening_socket_inodes(path: Path) -> set[str]:
     return inodes
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def worker_pid(gateway: Gateway, socket_path: Path) -> int:
     """The gateway's process that listens on `socket_path`: that worker and no other."""
     inodes = _listening_socket_inodes(socket_path)
     owners = set()
-    for pid in _descendants(gateway.process.pid):
+    for pid in descendants(gateway.process.pid):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
