@@ -21,17 +21,25 @@ from pathlib import Path
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
-from extproc.decision import Forward
-from extproc.service import _CONTINUE_HEADERS, body_forward_response
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
-END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
-MAX_WINDOW = 2**31 - 1
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream) + payload
+from extproc.core.decision import Forward
+from extproc.processor.messages import CONTINUE_HEADERS, body_forward_response
+from extproc.rpc.h2server import (
+    ACK,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    MAX_WINDOW,
+    OK_TRAILERS,
+    PING,
+    PREFACE,
+    RESPONSE_HEADERS,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+)
 
 
 def grpc_message(message: Message) -> bytes:
@@ -39,13 +47,10 @@ def grpc_message(message: Message) -> bytes:
     return b"\x00" + struct.pack(">I", len(data)) + data
 
 
-# Response headers and trailers: HPACK literals that never touch the dynamic table.
-RESPONSE_HEADERS = b"\x88" + b"\x0f\x10\x10application/grpc"  # :status 200, content-type
-TRAILERS = b"\x00\x0bgrpc-status\x010"
-CONTINUE = grpc_message(_CONTINUE_HEADERS)
+CONTINUE = grpc_message(CONTINUE_HEADERS)
 SERVING = grpc_message(health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING))
 DECISION = grpc_message(body_forward_response(Forward(
-    "/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21", "bench-azure-key", "azure")))
+    "/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21", (("api-key", "bench-azure-key"),), "azure")))
 # Our settings: no dynamic table, effectively unlimited stream windows; and a huge connection window.
 OUR_SETTINGS = frame(SETTINGS, 0, 0, struct.pack(">HIHI", 0x1, 0, 0x4, MAX_WINDOW))
 OPENING = OUR_SETTINGS + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - 65535))
@@ -97,7 +102,7 @@ class Connection(asyncio.Protocol):
                         # Envoy's health check: an empty grpc.health.v1 HealthCheckRequest (an ext_proc
                         # ProcessingRequest is never empty). Without SERVING no request is routed here.
                         out.append(frame(HEADERS, END_HEADERS, stream, RESPONSE_HEADERS) + frame(DATA, 0, stream, SERVING)
-                                   + frame(HEADERS, END_HEADERS | END_STREAM, stream, TRAILERS)
+                                   + frame(HEADERS, END_HEADERS | END_STREAM, stream, OK_TRAILERS)
                                    + frame(RST_STREAM, 0, stream, b"\0\0\0\0"))
                         del self.streams[stream]
                         break
@@ -105,7 +110,7 @@ class Connection(asyncio.Protocol):
                         out.append(frame(HEADERS, END_HEADERS, stream, RESPONSE_HEADERS) + frame(DATA, 0, stream, CONTINUE))
                     else:
                         # Like grpc's servers (and extproc/h2server.py): trailers, then RST_STREAM(NO_ERROR).
-                        out.append(frame(DATA, 0, stream, DECISION) + frame(HEADERS, END_HEADERS | END_STREAM, stream, TRAILERS)
+                        out.append(frame(DATA, 0, stream, DECISION) + frame(HEADERS, END_HEADERS | END_STREAM, stream, OK_TRAILERS)
                                    + frame(RST_STREAM, 0, stream, b"\0\0\0\0"))
                         del self.streams[stream]
                         break

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from extproc.runtime.processes import wait_until as runtime_wait_until
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT_S = 30.0
@@ -71,21 +70,7 @@ class Processes:
 
 
 def wait_until(check: Callable[[], bool], processes: Processes, what: str, timeout: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        processes.check_alive()
-        if check():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    runtime_wait_until(check, what, timeout, still_ok=processes.check_alive)
 
 
 def _stat_fields(pid: int) -> list[str]:

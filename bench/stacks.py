@@ -18,9 +18,9 @@ import yaml
 
 from extproc import envoy_config
 from extproc.config import load_settings
-from extproc.up import free_port
+from extproc.runtime.processes import free_port, http_ok
 
-from .procs import Proc, Processes, http_ok, wait_until
+from .procs import Proc, Processes, wait_until
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -45,7 +45,7 @@ def _envoy_argv(config: Path, concurrency: int) -> list[str]:
 
 
 def _dump(config: dict[str, Any], path: Path) -> Path:
-    path.write_text(yaml.dump(config, Dumper=envoy_config._NoAliasDumper, sort_keys=False))
+    path.write_text(yaml.dump(config, Dumper=envoy_config.NoAliasDumper, sort_keys=False))
     return path
 
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m extproc {up,serve,config,render-envoy,emulator}`."""
+"""Command line only: `python -m extproc {up,serve,health,config,render-envoy,emulator}`; each command's
+work lives in its package (runtime, envoy_config, config, emulator)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_settings, redacted_dump
+from .config import ConfigError, Settings, load_settings, redacted_dump
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,23 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         if args.command == "config":
-            print(json.dumps(redacted_dump(settings), indent=2))
+            print(json.dumps(_config_as_run(settings), indent=2))
             return 0
         if args.command == "serve":
-            from .server import serve
+            from .runtime.supervisor import serve
 
             if args.write_envoy_config:
-                from . import envoy_config
-
-                envoy_config.prepare(settings, args.write_envoy_config)
+                _prepare_envoy(settings, args.write_envoy_config)
             return serve(settings)
         if args.command == "health":
-            from .server import check_health
+            from .runtime.supervisor import check_health
 
             return check_health(settings)
         if args.command == "render-envoy":
             return _render(settings, args)
-        from .up import run_up
+        from .runtime.up import run_up
 
         return run_up(settings, args.config)
     except ConfigError as exc:
@@ -72,14 +71,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _render(settings, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+def _config_as_run(settings: Settings) -> dict[str, object]:
+    """What `up` would run: without an Azure endpoint, the emulator's endpoint and key."""
+    if settings.azure.endpoint is not None:
+        return redacted_dump(settings)
+    from .runtime.demo import EMULATOR_KEY, emulated_settings
+
+    dump = redacted_dump(emulated_settings(settings, "http://127.0.0.1:<a free port chosen at start>"))
+    effective = dump["effective"]
+    effective["upstream"] = "the built-in Azure OpenAI emulator: no azure.endpoint (AZURE_OPENAI_ENDPOINT) is set"
+    if settings.azure.resolved_api_key() is None:
+        effective["api_key_source"] = f"the emulator's key, {EMULATOR_KEY!r} (up sets it for the emulator and the gateway)"
+    if not settings.models:
+        dump["models"] = "(none configured: up lists the emulator's deployments; other names pass through)"
+    return dump
+
+
+def _prepare_envoy(settings: Settings, output: Path, *, check: bool = True) -> Path:
     from . import envoy_config
 
+    path = envoy_config.prepare(settings, output, check=check)
+    if notice := envoy_config.dev_ca_notice(settings):
+        print(notice, flush=True)
+    return path
+
+
+def _render(settings: Settings, args: argparse.Namespace) -> int:
     cert = args.tls_cert or settings.listen.tls_cert_file
     key = args.tls_key or settings.listen.tls_key_file
     if cert and key:
         settings = settings.model_copy(
             update={"listen": settings.listen.model_copy(update={"tls_cert_file": cert, "tls_key_file": key})})
-    path = envoy_config.prepare(settings, args.output, check=not args.no_validate)
-    print(path)
+    print(_prepare_envoy(settings, args.output, check=not args.no_validate))
     return 0

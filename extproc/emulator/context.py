@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from aiohttp import web
 
 from .bodies import Form, ParsedBody
 from .catalog import Capability, ModelInfo, model_info
-from .errors import deployment_not_found, operation_not_supported
+from .errors import deployment_not_found, not_found, operation_not_supported
 from .faults import FaultPlan
 from .state import EmulatorState
 
@@ -18,6 +18,8 @@ from .state import EmulatorState
 PARSED_BODY = web.RequestKey("emulator_parsed_body", ParsedBody)
 REQUEST_ID = web.RequestKey("emulator_request_id", str)
 DEPLOYMENT_NAME = web.RequestKey("emulator_deployment", str)
+
+T = TypeVar("T")
 
 
 class Surface(enum.Enum):
@@ -82,6 +84,14 @@ class Call:
 
     def match(self, name: str) -> str:
         return self.request.match_info[name]
+
+    def stored(self, name: str, items: Mapping[str, T], missing: str) -> T:
+        """The item the URL's `{name}` names, or a 404 with `missing` (its `{id}` filled in)."""
+        item_id = self.match(name)
+        item = items.get(item_id)
+        if item is None:
+            raise not_found(missing.format(id=item_id))
+        return item
 
 
 Handler = Callable[[Call], Awaitable[web.StreamResponse]]

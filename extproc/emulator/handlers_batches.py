@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .batch_runner import ENDPOINTS, InvalidInput, normalise_endpoint, run_batch
 from .context import Call
-from .errors import invalid_request, not_found
+from .errors import invalid_request
 from .handlers_files import add_file
 from .ids import hex_id
 from .jsonio import json_response
@@ -95,11 +95,7 @@ def _advance(state: EmulatorState, batch: dict[str, Any]) -> None:
 
 
 def _observed(call: Call) -> dict[str, Any]:
-    batch_id = call.match("batch_id")
-    batch = call.state.batches.get(batch_id)
-    if batch is None:
-        raise not_found(f"Batch with id '{batch_id}' was not found.")
-    return batch
+    return call.stored("batch_id", call.state.batches, "Batch with id '{id}' was not found.")
 
 
 async def get_batch(call: Call) -> web.StreamResponse:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from . import text
+from .choices import choice, include_usage, reply
 from .context import Call, Deployment
 from .errors import invalid_request
-from .filters import content_filter_results, prompt_filter_results, stream_preamble
+from .filters import prompt_filter_results
 from .ids import SYSTEM_FINGERPRINT, alphanumeric_id
-from .jsonio import json_response
-from .sse import DONE, SseWriter
 from .validation import flag, optional_int, require
 
 
@@ -31,6 +31,7 @@ class ChatPlan:
     prompt_tokens: int
     stream: bool
     include_usage: bool
+    prompts: int = 1  # chat has one prompt: the conversation
 
     @property
     def usage(self) -> dict[str, Any]:
@@ -78,22 +79,14 @@ def plan_chat(body: dict[str, Any], deployment: Deployment) -> ChatPlan:
         choices=optional_int(body, "n", 1, 128) or 1,
         prompt_tokens=prompt_tokens + 3,
         stream=stream,
-        include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+        include_usage=include_usage(stream_options),
     )
 
 
 def chat_completion(plan: ChatPlan) -> dict[str, Any]:
+    message = {"annotations": [], "content": plan.answer, "refusal": None, "role": "assistant"}
     return {
-        "choices": [
-            {
-                "content_filter_results": content_filter_results(),
-                "finish_reason": plan.finish_reason,
-                "index": index,
-                "logprobs": None,
-                "message": {"annotations": [], "content": plan.answer, "refusal": None, "role": "assistant"},
-            }
-            for index in range(plan.choices)
-        ],
+        "choices": [choice(index, plan.finish_reason, message=message) for index in range(plan.choices)],
         "created": plan.created,
         "id": plan.id,
         "model": plan.model,
@@ -111,14 +104,6 @@ def build_chat_completion(body: dict[str, Any], deployment: Deployment) -> dict[
 
 async def create_chat_completion(call: Call) -> web.StreamResponse:
     plan = plan_chat(call.json, call.target)
-    if not plan.stream:
-        return json_response(chat_completion(plan))
-    return await _stream(call, plan)
-
-
-async def _stream(call: Call, plan: ChatPlan) -> web.StreamResponse:
-    sse = SseWriter(call.request, call.faults.chunk_interval_s)
-    await sse.send(stream_preamble())
     frame: dict[str, Any] = {
         "created": plan.created,
         "id": plan.id,
@@ -128,27 +113,13 @@ async def _stream(call: Call, plan: ChatPlan) -> web.StreamResponse:
     }
     if plan.include_usage:
         frame["usage"] = None  # present but null until the final usage event, as OpenAI does
-    for position, chunk in enumerate(text.split_chunks(plan.answer, call.faults.chunks)):
+    return await reply(call, plan, chat_completion, frame, _stream_choices)
+
+
+def _stream_choices(plan: ChatPlan, pieces: int) -> Iterator[dict[str, Any]]:
+    for position, chunk in enumerate(text.split_chunks(plan.answer, pieces)):
         for index in range(plan.choices):
             delta = {"role": "assistant", "content": chunk} if position == 0 else {"content": chunk}
-            choice = {
-                "content_filter_results": content_filter_results(),
-                "delta": delta,
-                "finish_reason": None,
-                "index": index,
-                "logprobs": None,
-            }
-            await sse.send({"choices": [choice], **frame})
+            yield choice(index, None, delta=delta)
     for index in range(plan.choices):
-        choice = {
-            "content_filter_results": {},
-            "delta": {},
-            "finish_reason": plan.finish_reason,
-            "index": index,
-            "logprobs": None,
-        }
-        await sse.send({"choices": [choice], **frame})
-    if plan.include_usage:
-        await sse.send({"choices": [], **frame, "usage": plan.usage})
-    await sse.send(DONE)
-    return await sse.finish()
+        yield choice(index, plan.finish_reason, filtered=False, delta={})

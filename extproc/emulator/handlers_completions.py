@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from . import text
+from .choices import choice, include_usage, reply
 from .context import Call, Deployment
 from .errors import invalid_request
-from .filters import content_filter_results, prompt_filter_results, stream_preamble
+from .filters import prompt_filter_results
 from .ids import alphanumeric_id
-from .jsonio import json_response
-from .sse import DONE, SseWriter
 from .validation import flag, optional_int, require
 
 # The legacy API's default `max_tokens` (Azure and OpenAI alike): long echoes get cut.
@@ -71,8 +71,6 @@ def plan_completion(body: dict[str, Any], deployment: Deployment) -> CompletionP
     for prompt in prompts:
         answer, truncated = text.truncate(text.echo(prompt), limit)
         answers.extend([(answer, "length" if truncated else "stop")] * choices)
-    stream = flag(body, "stream")
-    stream_options = body.get("stream_options")
     return CompletionPlan(
         id=alphanumeric_id("cmpl-"),
         created=int(time.time()),
@@ -80,22 +78,15 @@ def plan_completion(body: dict[str, Any], deployment: Deployment) -> CompletionP
         answers=answers,
         prompts=len(prompts),
         prompt_tokens=sum(text.count_tokens(prompt) for prompt in prompts),
-        stream=stream,
-        include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+        stream=flag(body, "stream"),
+        include_usage=include_usage(body.get("stream_options")),
     )
 
 
 def completion(plan: CompletionPlan) -> dict[str, Any]:
     return {
         "choices": [
-            {
-                "content_filter_results": content_filter_results(),
-                "finish_reason": finish_reason,
-                "index": index,
-                "logprobs": None,
-                "text": answer,
-            }
-            for index, (answer, finish_reason) in enumerate(plan.answers)
+            choice(index, finish_reason, text=answer) for index, (answer, finish_reason) in enumerate(plan.answers)
         ],
         "created": plan.created,
         "id": plan.id,
@@ -112,28 +103,12 @@ def build_completion(body: dict[str, Any], deployment: Deployment) -> dict[str, 
 
 async def create_completion(call: Call) -> web.StreamResponse:
     plan = plan_completion(call.json, call.target)
-    if not plan.stream:
-        return json_response(completion(plan))
-    return await _stream(call, plan)
-
-
-async def _stream(call: Call, plan: CompletionPlan) -> web.StreamResponse:
-    sse = SseWriter(call.request, call.faults.chunk_interval_s)
-    await sse.send(stream_preamble(plan.prompts))
     frame = {"created": plan.created, "id": plan.id, "model": plan.model, "object": "text_completion"}
+    return await reply(call, plan, completion, frame, _stream_choices)
+
+
+def _stream_choices(plan: CompletionPlan, pieces: int) -> Iterator[dict[str, Any]]:
     for index, (answer, finish_reason) in enumerate(plan.answers):
-        for chunk in text.split_chunks(answer, call.faults.chunks):
-            choice = {
-                "content_filter_results": content_filter_results(),
-                "finish_reason": None,
-                "index": index,
-                "logprobs": None,
-                "text": chunk,
-            }
-            await sse.send({"choices": [choice], **frame})
-        final = {"content_filter_results": {}, "finish_reason": finish_reason, "index": index, "logprobs": None}
-        await sse.send({"choices": [{**final, "text": ""}], **frame})
-    if plan.include_usage:
-        await sse.send({"choices": [], **frame, "usage": plan.usage})
-    await sse.send(DONE)
-    return await sse.finish()
+        for chunk in text.split_chunks(answer, pieces):
+            yield choice(index, None, text=chunk)
+        yield choice(index, finish_reason, filtered=False, text="")

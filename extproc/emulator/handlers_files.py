@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from .context import Call
-from .errors import invalid_request, missing_field, not_found
+from .errors import invalid_request, missing_field
 from .ids import hex_id
 from .jsonio import json_response
 from .paging import paginate
@@ -54,11 +54,7 @@ async def upload_file(call: Call) -> web.StreamResponse:
 
 
 def _stored(call: Call) -> StoredFile:
-    file_id = call.match("file_id")
-    stored = call.state.files.get(file_id)
-    if stored is None:
-        raise not_found(f"File with id '{file_id}' was not found.")
-    return stored
+    return call.stored("file_id", call.state.files, "File with id '{id}' was not found.")
 
 
 async def list_files(call: Call) -> web.StreamResponse:

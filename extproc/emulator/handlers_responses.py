@@ -10,7 +10,7 @@ from aiohttp import web
 
 from . import text
 from .context import Call, Deployment
-from .errors import invalid_request, not_found
+from .errors import invalid_request
 from .ids import hex_id
 from .jsonio import json_response
 from .paging import paginate
@@ -167,11 +167,7 @@ async def create_response(call: Call) -> web.StreamResponse:
 
 
 def _stored(call: Call) -> StoredResponse:
-    response_id = call.match("response_id")
-    stored = call.state.responses.get(response_id)
-    if stored is None:
-        raise not_found(f"Response with id '{response_id}' not found.")
-    return stored
+    return call.stored("response_id", call.state.responses, "Response with id '{id}' not found.")
 
 
 async def get_response(call: Call) -> web.StreamResponse:

@@ -9,16 +9,50 @@ from typing import Mapping
 
 DEFAULT_API_KEY = "emulator-key"
 
-# Deployments named after their models, the way most Azure resources are set up.
+# Deployment name -> model. Deployments named after their models, the way most Azure
+# resources are set up, under both Azure's names and the names OpenAI clients send (the
+# gateway passes an unmapped model name through as the deployment name). Where Azure
+# spells a model differently, the OpenAI-named deployment runs Azure's model, as it
+# would on a real resource ("whisper-1" runs "whisper").
 DEFAULT_DEPLOYMENTS: Mapping[str, str] = MappingProxyType(
     {
+        # chat/completions and responses
         "gpt-4o": "gpt-4o",
         "gpt-4o-mini": "gpt-4o-mini",
+        "gpt-4.1": "gpt-4.1",
+        "gpt-4.1-mini": "gpt-4.1-mini",
+        "gpt-4.1-nano": "gpt-4.1-nano",
+        "gpt-4-turbo": "gpt-4-turbo",
+        "gpt-4": "gpt-4",
+        "gpt-3.5-turbo": "gpt-35-turbo",
+        "gpt-5": "gpt-5",
+        "gpt-5-mini": "gpt-5-mini",
+        "gpt-5-nano": "gpt-5-nano",
+        "o1": "o1",
+        "o3": "o3",
+        "o3-mini": "o3-mini",
+        "o4-mini": "o4-mini",
+        # completions
         "gpt-35-turbo-instruct": "gpt-35-turbo-instruct",
+        "gpt-3.5-turbo-instruct": "gpt-35-turbo-instruct",
+        "davinci-002": "davinci-002",
+        "babbage-002": "babbage-002",
+        # embeddings
         "text-embedding-3-small": "text-embedding-3-small",
         "text-embedding-3-large": "text-embedding-3-large",
+        "text-embedding-ada-002": "text-embedding-ada-002",
+        # audio/transcriptions and audio/translations
         "whisper": "whisper",
+        "whisper-1": "whisper",
+        "gpt-4o-transcribe": "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe": "gpt-4o-mini-transcribe",
+        # audio/speech
         "tts": "tts",
+        "tts-1": "tts",
+        "tts-1-hd": "tts-hd",
+        "gpt-4o-mini-tts": "gpt-4o-mini-tts",
+        # images/generations and images/edits
+        "dall-e-2": "dall-e-2",
         "dall-e-3": "dall-e-3",
         "gpt-image-1": "gpt-image-1",
     }

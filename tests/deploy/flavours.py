@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from extproc.config import Settings, load_settings
-from extproc.devtls import ensure_dev_certificates
+from extproc.envoy_config.devtls import ensure_dev_certificates
 
 from .helpers import (
     KUSTOMIZATIONS,

@@ -29,7 +29,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from extproc.up import free_port
+from extproc.runtime.processes import free_port
 
 from .flavours import compose_flavour, materialize
 from .helpers import (

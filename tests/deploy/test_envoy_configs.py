@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from extproc import envoy_config
-from extproc.devtls import ensure_dev_certificates
+from extproc.envoy_config.devtls import ensure_dev_certificates
 from extproc.config import load_settings
 
 from .flavours import Flavour, all_flavours, materialize

@@ -19,9 +19,9 @@ import ssl
 import pytest
 import yaml
 
-from extproc.devtls import ensure_dev_certificates
+from extproc.envoy_config.devtls import ensure_dev_certificates
 from extproc.emulator import EmulatorSettings, RecordedRequest, RunningEmulator, start_emulator
-from extproc.up import free_port
+from extproc.runtime.processes import free_port
 
 SERVER_KEY = "azure-server-key-e2e"
 CLIENT_KEY = "client-credential-must-not-leak"

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from openai import AsyncAzureOpenAI, DefaultAsyncHttpxClient
 
-from extproc.devtls import ensure_dev_certificates
+from extproc.envoy_config.devtls import ensure_dev_certificates
 from extproc.emulator import EmulatorSettings, start_emulator
 
 from .conftest import API_KEY, API_VERSION

@@ -9,8 +9,9 @@ import yaml
 from cryptography import x509
 
 from extproc import envoy_config
+from extproc.compile import compile_gateway
 from extproc.config import ConfigError, load_settings
-from extproc.devtls import ensure_dev_certificates
+from extproc.envoy_config.devtls import ensure_dev_certificates
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_ports_limits_and_timeouts_come_from_settings(tmp_path: Path) -> None:
     assert listener["per_connection_buffer_limit_bytes"] == 1048576
     assert ext_proc_filter(listener)["message_timeout"] == "0.75s"
     assert config["admin"]["address"]["socket_address"]["port_value"] == 19901
-    assert envoy_config.grpc_max_message_bytes(settings) > 1048576
+    assert compile_gateway(settings).limits.grpc_max_message_bytes > 1048576
 
 
 def test_https_without_certificate_is_a_config_error(tmp_path: Path) -> None:
@@ -127,8 +128,10 @@ def connection_manager(listener: dict) -> dict:
 def test_only_the_ext_procs_decision_reaches_an_upstream(tmp_path: Path, tls) -> None:
     """The routing header is removed before the first route match; a route to Azure needs the exact
     value the ext_proc sets; everything else is answered by Envoy itself; trailers reach the ext_proc."""
-    from extproc.service import ROUTE_HEADER
-    from extproc.translate import AZURE_CLUSTER
+    from extproc.processor.messages import ROUTE_HEADER
+    from extproc.routing import DEFAULT_BACKEND, cluster_name
+
+    AZURE_CLUSTER = cluster_name(DEFAULT_BACKEND)
 
     config = envoy_config.render(settings_for(tmp_path), tls)
     for listener in config["static_resources"]["listeners"]:

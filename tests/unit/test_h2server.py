@@ -16,8 +16,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import ExternalProces
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.config import load_settings
-from extproc.h2server import GrpcServer, _leaves_table_alone
-from extproc.server import start_server
+from extproc.rpc.h2server import GrpcServer, _leaves_table_alone
+from extproc.runtime.worker import start_server
 
 from .test_service import body, headers, set_headers
 
@@ -173,10 +173,10 @@ async def test_the_grpcio_runtime_serves_the_same_calls(monkeypatch: pytest.Monk
 
 
 def test_answers_are_reused_only_when_the_key_is_the_servers() -> None:
-    from extproc.decision import Forward
-    from extproc.service import ForwardCache
+    from extproc.core.decision import Forward
+    from extproc.processor.call import ForwardCache
 
-    forward = Forward("/openai/deployments/d/chat/completions?api-version=v", "key", "azure")
+    forward = Forward("/openai/deployments/d/chat/completions?api-version=v", (("api-key", "key"),), "azure")
     cached = ForwardCache(enabled=True)
     assert cached.get(forward, headers_phase=False) is cached.get(forward, headers_phase=False)
     assert cached.get(forward, headers_phase=True) != cached.get(forward, headers_phase=False)

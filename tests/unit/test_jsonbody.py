@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from extproc.jsonbody import DuplicateMember, InvalidJson, count_top_level, parse_json, replace_top_level_string
+from extproc.core.jsonbody import DuplicateMember, InvalidJson, count_top_level, parse_json, replace_top_level_string
 
 TRICKY_STRINGS = ['a\\"b', "\\\\", '\\\\\\"', "]}", "{[", '\\\\\\"],\\"model\\":\\"x', "\\u0022", "é", "\\ud83d\\ude00"]
 

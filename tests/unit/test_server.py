@@ -19,8 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.h2server import socket_in_use
-from extproc.server import RestartPolicy, Supervisor
+from extproc.runtime.sockets import socket_in_use
+from extproc.runtime.supervisor import RestartPolicy, Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import ExternalProces
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.config import load_settings
-from extproc.server import start_server
+from extproc.runtime.worker import start_server
 
 
 def headers(method: str, path: str, end_of_stream: bool, **extra: str) -> pb.ProcessingRequest:
@@ -219,13 +219,13 @@ async def test_an_unexpected_message_fails_the_call_instead_of_ending_it_ok(
 def test_trailers_never_forward() -> None:
     """A trailers answer cannot rewrite the request's headers: should the core ever forward an empty
     body, the call fails (Envoy answers 5xx) instead of continuing unmapped."""
-    from extproc.decision import AwaitBody, Forward
-    from extproc.h2server import INTERNAL, RpcError
-    from extproc.service import ExtProcCall, ForwardCache
+    from extproc.core.decision import AwaitBody, Forward
+    from extproc.rpc.status import INTERNAL, RpcError
+    from extproc.processor.call import ExtProcCall, ForwardCache
 
     class Forwarding:
         def on_headers(self, head: object) -> AwaitBody:
-            return AwaitBody(lambda body: Forward("/openai/x", "key", "azure"))
+            return AwaitBody(lambda body: Forward("/openai/x", (("api-key", "key"),), "azure"))
 
     call = ExtProcCall(Forwarding(), ForwardCache(enabled=False))  # type: ignore[arg-type]
     assert call.on_message(CHAT_HEADERS.SerializeToString())[1] is False

@@ -6,10 +6,17 @@ import orjson
 import pytest
 
 from extproc.config import ConfigError, Settings, load_settings
-from extproc.decision import AwaitBody, Forward, Reply, RequestHead
-from extproc.translate import Translator, merge_query
+from extproc.compile import compile_gateway
+from extproc.core.decision import AwaitBody, Forward, Reply, RequestHead
+from extproc.core.paths import merge_query
+from extproc.core.translator import Translator
 
 SERVER_KEY = "server-secret"
+SERVER_CREDENTIAL = (("api-key", SERVER_KEY),)
+
+
+def api_key(key: str) -> tuple[tuple[str, str], ...]:
+    return (("api-key", key),)
 
 
 def make(env: dict[str, str] | None = None, **overrides: object) -> Translator:
@@ -17,7 +24,7 @@ def make(env: dict[str, str] | None = None, **overrides: object) -> Translator:
     settings = load_settings(env={**base, **(env or {})})
     if overrides:
         settings = Settings.model_validate({**settings.model_dump(), **overrides})
-    return Translator(settings)
+    return Translator(compile_gateway(settings))
 
 
 def post(translator: Translator, path: str, body: bytes, content_type: str = "application/json", **head: str):
@@ -41,7 +48,7 @@ def error_of(reply: Reply) -> dict:
 def test_json_deployment_operations_map_to_the_deployment_path(operation: str) -> None:
     translator = make({"AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o"}'})
     decision = post(translator, f"/v1/{operation}", chat())
-    assert decision == Forward(f"/openai/deployments/prod-4o/{operation}?api-version=2024-10-21", SERVER_KEY, "azure")
+    assert decision == Forward(f"/openai/deployments/prod-4o/{operation}?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
 
 
 def test_the_body_is_never_echoed_on_the_classic_surface() -> None:
@@ -137,7 +144,7 @@ class TestMultipart:
     def test_model_is_the_form_field(self, operation: str) -> None:
         body, content_type = multipart([("file", b"RIFF\x00model=whisper\r\n", "a.wav"), ("model", b"whisper-1", None)])
         decision = post(make({"AZURE_MODEL_MAP": '{"whisper-1": "stt"}'}), f"/v1/{operation}", body, content_type)
-        assert decision == Forward(f"/openai/deployments/stt/{operation}?api-version=2024-10-21", SERVER_KEY, "azure")
+        assert decision == Forward(f"/openai/deployments/stt/{operation}?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
 
     def test_a_file_named_model_is_refused(self) -> None:
         # Which one is the model, the file or the field? Readers differ: neither is guessed.
@@ -213,7 +220,7 @@ class TestResourceLevel:
     )
     def test_forwarded_from_the_headers_alone(self, method: str, path: str, azure: str) -> None:
         decision = make().on_headers(RequestHead(method, path, has_body=method == "POST"))
-        assert decision == Forward(azure, SERVER_KEY, "azure")
+        assert decision == Forward(azure, SERVER_CREDENTIAL, "azure")
 
     def test_v1_surface_for_resource_endpoints(self) -> None:
         translator = make(endpoints={"files": {"api": "v1"}, "responses": {"api": "v1"}})
@@ -231,7 +238,7 @@ class TestResourceLevel:
 class TestAzureFormPassthrough:
     def test_azure_form_passes_through_with_the_key(self) -> None:
         path = "/openai/deployments/dep/chat/completions?api-version=2024-06-01"
-        assert make().on_headers(RequestHead("POST", path, has_body=True)) == Forward(path, SERVER_KEY, "azure")
+        assert make().on_headers(RequestHead("POST", path, has_body=True)) == Forward(path, SERVER_CREDENTIAL, "azure")
 
     def test_missing_api_version_gets_the_default(self) -> None:
         decision = make().on_headers(RequestHead("POST", "/openai/deployments/dep/embeddings", has_body=True))
@@ -244,15 +251,15 @@ class TestAzureFormPassthrough:
 class TestCredentials:
     def test_server_key_replaces_client_credentials(self) -> None:
         decision = make().on_headers(RequestHead("GET", "/v1/files", authorization="Bearer client", api_key="c2"))
-        assert decision.api_key == SERVER_KEY
+        assert decision.credential == SERVER_CREDENTIAL
 
     def test_without_server_key_the_bearer_token_becomes_api_key(self) -> None:
-        translator = Translator(load_settings(env={"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"}))
-        assert translator.on_headers(RequestHead("GET", "/v1/files", authorization="Bearer tok")).api_key == "tok"
-        assert translator.on_headers(RequestHead("GET", "/v1/files", api_key="azure-style")).api_key == "azure-style"
+        translator = Translator(compile_gateway(load_settings(env={"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"})))
+        assert translator.on_headers(RequestHead("GET", "/v1/files", authorization="Bearer tok")).credential == api_key("tok")
+        assert translator.on_headers(RequestHead("GET", "/v1/files", api_key="azure-style")).credential == api_key("azure-style")
 
     def test_without_any_key_the_client_gets_401(self) -> None:
-        translator = Translator(load_settings(env={"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"}))
+        translator = Translator(compile_gateway(load_settings(env={"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"})))
         reply = translator.on_headers(RequestHead("POST", "/v1/chat/completions", has_body=True))
         assert isinstance(reply, Reply) and reply.status == 401
 
@@ -301,7 +308,7 @@ class TestJsonOrjsonRefuses:
     )
     def test_forwarded_on_the_classic_surface(self, body: bytes) -> None:
         decision = post(make(), "/v1/chat/completions", body)
-        assert decision == Forward("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", SERVER_KEY, "azure")
+        assert decision == Forward("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
 
     @pytest.mark.parametrize("body", [b"\xef\xbb\xbf", b'{"model": "x"', b'{"a": 1' + b"1" * 5000 + b"}",
                                       b"[" * 100_000, b'{"model": "\xff"}'])
@@ -391,7 +398,7 @@ class TestExactRewrites:
         assert isinstance(post(make(), "/v1/chat/completions", body), Forward)
 
     def test_content_length_follows_the_new_body(self) -> None:
-        from extproc.service import body_forward_response
+        from extproc.processor.messages import body_forward_response
 
         decision = self.rewrite('{"model":"gpt-4o","x":"ü"}'.encode())
         mutation = body_forward_response(decision).request_body.response.header_mutation
@@ -462,7 +469,7 @@ class TestRejectPolicyInAzureForm:
     def test_a_mapped_deployment_passes(self, deployment: str) -> None:
         path = f"/openai/deployments/{deployment}/chat/completions"
         decision = make(self.ENV).on_headers(RequestHead("POST", path, has_body=True))
-        assert decision == Forward(path + "?api-version=2024-10-21", SERVER_KEY, "azure")
+        assert decision == Forward(path + "?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
 
     def test_other_policies_pass_any_deployment(self) -> None:
         for policy in ("passthrough", "strip_dots"):

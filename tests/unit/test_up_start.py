@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from extproc.h2server import socket_in_use
-from extproc.up import Child, Stack, StopRequested, _wait_until, free_port
+from extproc.runtime.sockets import socket_in_use
+from extproc.runtime.processes import free_port
+from extproc.runtime.up import Child, Stack, StopRequested
 
 ROOT = Path(__file__).resolve().parents[2]
 # Passes `envoy --mode validate`; otherwise records its pid and never becomes ready.
@@ -79,14 +80,14 @@ def test_wait_until_stops_at_a_stop_request() -> None:
     stack = Stack(stop_requested=True)
     started = time.monotonic()
     with pytest.raises(StopRequested):
-        _wait_until(lambda: False, stack, "nothing")
+        stack.wait_until(lambda: False, "nothing")
     assert time.monotonic() - started < 1
 
 
 def test_wait_until_stops_when_a_child_dies() -> None:
     stack = Stack(children=[_child([sys.executable, "-c", "raise SystemExit(3)"])])
     with pytest.raises(RuntimeError, match="child exited with 3 while waiting for nothing"):
-        _wait_until(lambda: False, stack, "nothing", timeout_s=30)
+        stack.wait_until(lambda: False, "nothing", timeout_s=30)
 
 
 def test_a_stack_stopping_starts_nothing() -> None:
@@ -100,7 +101,7 @@ def test_up_refuses_to_start_beside_a_running_ext_proc(tmp_path: Path, capsys: p
     import socket
 
     from extproc.config import load_settings
-    from extproc.up import run_up
+    from extproc.runtime.up import run_up
 
     settings = load_settings(env={"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9", "AZURE_OPENAI_API_KEY": "k",
                                   "AOAI_GATEWAY_STATE_DIR": str(tmp_path), "AOAI_GATEWAY_WORKERS": "1"})

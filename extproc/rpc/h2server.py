@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import hpack
+
+from .status import INTERNAL, OK, RESOURCE_EXHAUSTED, UNIMPLEMENTED, UNKNOWN, RpcError
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +41,7 @@ OUR_MAX_FRAME = 1 << 20  # large bodies arrive in fewer frames
 HEADER_CACHE_SIZE = 64
 MAX_HEADER_BLOCK = 256 * 1024  # gRPC request headers are a few hundred bytes
 
-# gRPC status codes used here.
-OK, UNKNOWN, NOT_FOUND, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, UNIMPLEMENTED, INTERNAL = 0, 2, 5, 8, 9, 12, 13
-
 _FRAME_HEAD = struct.Struct(">HBBBI")  # length (24 bits: high 16, low 8), type, flags, stream id
-
-
-class RpcError(Exception):
-    """Raised by a handler: end the RPC with this gRPC status."""
-
-    def __init__(self, status: int, message: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class Call(Protocol):
@@ -66,7 +55,7 @@ class Call(Protocol):
 Methods = Mapping[bytes, Callable[[], Call]]  # b"/package.Service/Method" -> a new Call per RPC
 
 
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     length = len(payload)
     return _FRAME_HEAD.pack(length >> 8, length & 0xFF, kind, flags, stream) + payload
 
@@ -78,15 +67,15 @@ def _literal(name: bytes, value: bytes) -> bytes:
 
 # `:status: 200` (static index 8) and `content-type: application/grpc` (static name index 31).
 RESPONSE_HEADERS = b"\x88" + b"\x0f\x10" + bytes((16,)) + b"application/grpc"
-OUR_SETTINGS = _frame(SETTINGS, 0, 0, struct.pack(">HIHI", SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW,
+OUR_SETTINGS = frame(SETTINGS, 0, 0, struct.pack(">HIHI", SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW,
                                                     SETTINGS_MAX_FRAME_SIZE, OUR_MAX_FRAME))
 # The connection's receive window starts at 65,535 whatever the settings say: open it fully at once.
-OPENING = OUR_SETTINGS + _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - 65535))
-_OK_TRAILERS = _literal(b"grpc-status", b"0")
+OPENING = OUR_SETTINGS + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - 65535))
+OK_TRAILERS = _literal(b"grpc-status", b"0")
 
 
 def _trailers(status: int, message: str = "") -> bytes:
-    block = _OK_TRAILERS if status == OK else _literal(b"grpc-status", str(status).encode())
+    block = OK_TRAILERS if status == OK else _literal(b"grpc-status", str(status).encode())
     if message:
         block += _literal(b"grpc-message", _percent_encoded(message, _MAX_LITERAL))
     return block
@@ -202,7 +191,7 @@ class Http2Connection(asyncio.Protocol):
             self._process()
         except _ConnectionError as exc:
             log.warning("closing an HTTP/2 connection: %s", exc)
-            self._out.append(_frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream, exc.code)))
+            self._out.append(frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream, exc.code)))
             self._flush_output()
             self.transport.close()  # type: ignore[union-attr]
             return
@@ -247,7 +236,7 @@ class Http2Connection(asyncio.Protocol):
                 self._on_window_update(stream, payload)
             elif kind == PING:
                 if not flags & ACK:
-                    self._out.append(_frame(PING, ACK, 0, payload))
+                    self._out.append(frame(PING, ACK, 0, payload))
             elif kind == RST_STREAM:
                 self._streams.pop(stream, None)
             elif kind == GOAWAY:
@@ -314,7 +303,7 @@ class Http2Connection(asyncio.Protocol):
             return
         self._last_stream = stream_id
         if self._going_away:
-            self._out.append(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", 0x7)))  # REFUSED_STREAM
+            self._out.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", 0x7)))  # REFUSED_STREAM
             return
         path = next((value for name, value in headers if name == b":path"), b"")
         factory = self._methods.get(path)
@@ -329,7 +318,7 @@ class Http2Connection(asyncio.Protocol):
     def _on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
         self._received += len(payload)
         if self._received > MAX_WINDOW // 2:
-            self._out.append(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self._received)))
+            self._out.append(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self._received)))
             self._received = 0
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote_closed:
@@ -390,7 +379,7 @@ class Http2Connection(asyncio.Protocol):
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 self._max_frame = value
             # HEADER_TABLE_SIZE concerns an encoder's dynamic table; ours has none.
-        self._out.append(_frame(SETTINGS, ACK, 0))
+        self._out.append(frame(SETTINGS, ACK, 0))
         self._flush_blocked()
 
     def _on_window_update(self, stream_id: int, payload: bytes) -> None:
@@ -411,7 +400,7 @@ class Http2Connection(asyncio.Protocol):
             return
         if not stream.started:
             stream.started = True
-            self._out.append(_frame(HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS))
+            self._out.append(frame(HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS))
         for message in messages:
             stream.outbox += b"\x00" + len(message).to_bytes(4, "big") + message
         self._drain(stream_id, stream)
@@ -436,15 +425,15 @@ class Http2Connection(asyncio.Protocol):
             size = min(len(outbox), self._window, stream.window, self._max_frame)
             if size <= 0:
                 return  # blocked until a WINDOW_UPDATE
-            self._out.append(_frame(DATA, 0, stream_id, bytes(outbox[:size])))
+            self._out.append(frame(DATA, 0, stream_id, bytes(outbox[:size])))
             del outbox[:size]
             self._window -= size
             stream.window -= size
         if stream.trailers is not None:
-            self._out.append(_frame(HEADERS, END_HEADERS | END_STREAM, stream_id, stream.trailers))
+            self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, stream.trailers))
             if not stream.remote_closed:
                 # As grpc's own servers do: the response is complete, the client need send no more.
-                self._out.append(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
+                self._out.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
             del self._streams[stream_id]
 
     def _flush_blocked(self) -> None:
@@ -462,27 +451,13 @@ class Http2Connection(asyncio.Protocol):
         self._going_away = True
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(_frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream, NO_ERROR)))
+        self.transport.write(frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream, NO_ERROR)))
         if not self._streams:
             self.transport.close()
 
     @property
     def idle(self) -> bool:
         return not self._streams
-
-
-def socket_in_use(path: Path, timeout: float = 1.0) -> bool:
-    """Whether some process accepts connections on the Unix socket `path` (False for a file left
-    behind by a process that is gone, or no file)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(timeout)
-        try:
-            probe.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-        except (TimeoutError, BlockingIOError):
-            return True  # a full backlog: there is a listener
-    return True
 
 
 class GrpcServer:

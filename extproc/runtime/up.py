@@ -3,31 +3,28 @@ configured) in the foreground, stopped together on Ctrl-C or SIGTERM, or when an
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Callable, TextIO
 
-from pydantic import SecretStr
-
-from . import envoy_config
-from .config import ConfigError, Settings
-from .emulator.settings import DEFAULT_DEPLOYMENTS
-from .h2server import socket_in_use
-from .limits import WORKER_STOP_TIMEOUT_S
+from .. import envoy_config
+from ..config import CONFIG_PATH_ENV, ConfigError, Settings
+from .demo import start_emulator_for
+from .processes import http_ok, wait_until
+from .sockets import socket_in_use
+from .supervisor import WORKER_STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
-EMULATOR_KEY = "emulator-key"
 START_TIMEOUT_S = 30.0
+LOCK_FILE = "gateway.lock"
 
 
 @dataclass
@@ -57,6 +54,23 @@ class Stack:
     def first_exited(self) -> Child | None:
         return next((c for c in self.children if c.process.poll() is not None), None)
 
+    def check_running(self) -> None:
+        """Raise StopRequested after a stop signal, RuntimeError when a child has exited."""
+        # The stop first: on Ctrl-C the children get SIGINT too and may exit before this looks.
+        if self.stop_requested:
+            raise StopRequested
+        if (dead := self.first_exited()) is not None:
+            raise RuntimeError(f"{dead.name} exited with {dead.process.returncode}")
+
+    def wait_until(self, check: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        def still_ok() -> None:
+            try:
+                self.check_running()
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc} while waiting for {what}") from None
+
+        wait_until(check, what, timeout_s, still_ok=still_ok)
+
     def stop(self, timeout: float = WORKER_STOP_TIMEOUT_S + 5) -> None:
         for child in reversed(self.children):
             if child.process.poll() is None:
@@ -69,38 +83,31 @@ class Stack:
                 child.process.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until(check: Callable[[], bool], stack: Stack, what: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        # The stop first: on Ctrl-C the children get SIGINT too and may exit before this looks.
-        if stack.stop_requested:
-            raise StopRequested
-        if (dead := stack.first_exited()) is not None:
-            raise RuntimeError(f"{dead.name} exited with {dead.process.returncode} while waiting for {what}")
-        if check():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-def _http_ok(url: str) -> bool:
+def lock_state_dir(settings: Settings) -> TextIO:
+    """Hold <state_dir>/gateway.lock for this `up`'s life: a second gateway on the same state_dir
+    stops here, before it writes anything a running one uses (Envoy config, certificates, sockets)."""
+    state = settings.state_path
+    state.mkdir(parents=True, exist_ok=True)
+    lock = open(state / LOCK_FILE, "a+")  # noqa: SIM115 - held open until `up` ends
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own localhost URL
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise RuntimeError(
+            f"another gateway (pid {holder}) is running with state_dir {state}; give this one its own "
+            "state_dir (AOAI_GATEWAY_STATE_DIR) and ports") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def run_up(settings: Settings, config_path: str | None) -> int:
     env = dict(os.environ)
     if config_path:
-        env["AOAI_GATEWAY_CONFIG"] = str(Path(config_path).resolve())
+        env[CONFIG_PATH_ENV] = str(Path(config_path).resolve())
     stack = Stack()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -108,17 +115,22 @@ def run_up(settings: Settings, config_path: str | None) -> int:
 
     # Before any child starts: a signal during start-up then stops what has started, never orphans it.
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    lock = None
     try:
-        if settings.azure.endpoint is None:
-            settings, env = _start_emulator(settings, env, stack)
-        rendered = envoy_config.prepare(settings)
+        # Nothing is written before these two checks: a refused start leaves a running gateway alone.
+        lock = lock_state_dir(settings)
         sockets = settings.socket_paths()
         if busy := [p for p in sockets if socket_in_use(p)]:
             # Else the readiness check below would pass on the other instance's sockets.
             raise RuntimeError(f"another ext_proc is serving on {busy[0]}; is the gateway already running?")
+        if settings.azure.endpoint is None:
+            settings, env = start_emulator_for(settings, env, stack)
+        rendered = envoy_config.prepare(settings)
+        if notice := envoy_config.dev_ca_notice(settings):
+            print(notice, flush=True)
         stack.start("ext_proc", [sys.executable, "-m", "extproc", "serve"], env)
         # Listening, not merely present: a socket file may be left over from a killed run.
-        _wait_until(lambda: all(socket_in_use(p) for p in sockets), stack, "the ext_proc sockets")
+        stack.wait_until(lambda: all(socket_in_use(p) for p in sockets), "the ext_proc sockets")
 
         concurrency = settings.envoy.concurrency or os.cpu_count() or 1
         stack.start(
@@ -128,7 +140,7 @@ def run_up(settings: Settings, config_path: str | None) -> int:
             env,
         )
         ready_url = f"http://127.0.0.1:{settings.envoy.admin_port}/ready"
-        _wait_until(lambda: _http_ok(ready_url), stack, "Envoy to be ready")
+        stack.wait_until(lambda: http_ok(ready_url), "Envoy to be ready")
         _print_urls(settings)
         while not stack.stop_requested:
             if (dead := stack.first_exited()) is not None:
@@ -145,35 +157,10 @@ def run_up(settings: Settings, config_path: str | None) -> int:
         return 1
     finally:
         stack.stop()
+        if lock is not None:
+            lock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _start_emulator(settings: Settings, env: dict[str, str], stack: Stack) -> tuple[Settings, dict[str, str]]:
-    port = free_port()
-    key = settings.azure.resolved_api_key() or EMULATOR_KEY
-    argv = [sys.executable, "-m", "extproc.emulator", "--host", "127.0.0.1", "--port", str(port), "--api-key", key]
-    # The emulator's usual deployments, plus one for every deployment the model map names.
-    deployments = {**DEFAULT_DEPLOYMENTS, **{name: name for name in settings.models.values()}}
-    for name, model in deployments.items():
-        argv += ["--deployment", f"{name}={model}"]
-    stack.start("emulator", argv, env)
-    endpoint = f"http://127.0.0.1:{port}"
-    _wait_until(lambda: _port_open(port), stack, "the Azure OpenAI emulator")
-    print(f"No Azure endpoint configured: using the built-in Azure OpenAI emulator at {endpoint}")
-    env = {**env, "AZURE_OPENAI_ENDPOINT": endpoint, "AZURE_OPENAI_API_KEY": key}
-    azure = settings.azure.model_copy(update={"endpoint": endpoint, "api_key": SecretStr(key), "api_key_file": None})
-    # With no model map, list the emulator's deployments in /v1/models so chat UIs have a choice.
-    models = settings.models or {name: name for name in DEFAULT_DEPLOYMENTS}
-    if not settings.models:
-        env["AZURE_OPENAI_MODEL_MAPPER"] = ",".join(f"{name}={name}" for name in models)
-    return settings.model_copy(update={"azure": azure, "models": models}), env
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _print_urls(settings: Settings) -> None:

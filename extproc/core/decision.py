@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from .errors import ErrorReply
+from ..auth.upstream import Headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,24 +22,20 @@ class RequestHead:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Send the request to Azure: the new :path, the api-key, the Envoy cluster, maybe a new body."""
+    """Send the request upstream: the new :path, the credential headers, the Envoy cluster, maybe a new body."""
 
     path: str
-    api_key: str
+    credential: Headers
     cluster: str
     body: bytes | None = None  # None: the client's body goes on untouched (never echoed)
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Answer the client directly, without calling Azure."""
+    """Answer the client directly, without calling upstream: a JSON body (OpenAI's shape for errors)."""
 
     status: int
     body: bytes
-
-    @classmethod
-    def error(cls, error: ErrorReply) -> Reply:
-        return cls(error.status, error.body)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,33 +6,26 @@ anything else (an empty 502, a text/plain 413) surfaces as an opaque exception i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import orjson
+
+from ..auth.client import authorization_scheme
+from .decision import Reply
 
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
 SERVER_ERROR = "server_error"
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorReply:
-    """An error the proxy answers itself, without calling Azure."""
-
-    status: int
-    body: bytes
-
-    @classmethod
-    def build(
-        cls,
-        status: int,
-        message: str,
-        *,
-        type: str = INVALID_REQUEST,  # noqa: A002 - the field's name in OpenAI's schema
-        param: str | None = None,
-        code: str | None = None,
-    ) -> ErrorReply:
-        return cls(status, error_body(message, type=type, param=param, code=code))
+def error(
+    status: int,
+    message: str,
+    *,
+    type: str = INVALID_REQUEST,  # noqa: A002 - the field's name in OpenAI's schema
+    param: str | None = None,
+    code: str | None = None,
+) -> Reply:
+    """An error the gateway answers itself, without calling upstream."""
+    return Reply(status, error_body(message, type=type, param=param, code=code))
 
 
 def error_body(
@@ -50,29 +43,29 @@ def error_body(
 
 
 # The proxy's fixed errors, built once.
-INVALID_JSON = ErrorReply.build(
+INVALID_JSON = error(
     400,
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
     "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
     "valid JSON.)",
 )
-MISSING_MODEL = ErrorReply.build(400, "you must provide a model parameter", param="model")
+MISSING_MODEL = error(400, "you must provide a model parameter", param="model")
 # Two `model`s: parsers disagree on which one counts (first or last), so the gateway could check one
 # model while Azure serves the other. Refused rather than guessed.
-DUPLICATE_MODEL = ErrorReply.build(
+DUPLICATE_MODEL = error(
     400,
     "The request gives the `model` parameter more than once (or spelled in another case, such as `Model`); "
     "give it exactly once, as `model`.",
     param="model",
 )
-MODEL_NOT_STRING = ErrorReply.build(400, "The `model` parameter must be a string.", param="model")
-MODEL_NOT_TEXT = ErrorReply.build(
+MODEL_NOT_STRING = error(400, "The `model` parameter must be a string.", param="model")
+MODEL_NOT_TEXT = error(
     400, "The `model` parameter is not valid Unicode text (it has a lone surrogate escape).", param="model"
 )
-INVALID_MULTIPART = ErrorReply.build(
+INVALID_MULTIPART = error(
     400, "We could not parse the multipart/form-data body of your request."
 )
-MISSING_API_KEY = ErrorReply.build(
+MISSING_API_KEY = error(
     401,
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
     "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). This proxy holds no Azure key of its own.",
@@ -80,29 +73,57 @@ MISSING_API_KEY = ErrorReply.build(
 )
 
 
-def invalid_url(method: str, path: str) -> ErrorReply:
+def missing_api_key(authorization: str) -> Reply:
+    """The 401 for a request with no key to send upstream, saying what the client did send."""
+    if authorization.strip():
+        return unusable_authorization(authorization_scheme(authorization))
+    return MISSING_API_KEY
+
+
+def unusable_authorization(scheme: str) -> Reply:
+    """A 401 for an `Authorization` header that is there but carries no Bearer token."""
+    shown = scheme if scheme.isascii() and scheme.isprintable() and len(scheme) <= 32 else "another"
+    return error(
+        401,
+        f"Your Authorization header uses the `{shown}` scheme, or has no token: send your API key as "
+        "`Authorization: Bearer YOUR_KEY` (or in an `api-key` header). This proxy holds no Azure key of its own.",
+        type=INVALID_REQUEST,
+    )
+
+
+def invalid_url(method: str, path: str) -> Reply:
     """OpenAI's own answer to an unknown path or method."""
-    return ErrorReply.build(404, f"Invalid URL ({method} {path})")
+    if method == "CONNECT":
+        return CONNECT_REFUSED
+    return error(404, f"Invalid URL ({method} {path})")
 
 
-def body_not_object(kind: str) -> ErrorReply:
+# A client configured with this gateway as its HTTPS_PROXY: say so instead of `Invalid URL (CONNECT )`.
+CONNECT_REFUSED = error(
+    404,
+    "This gateway is not a forward proxy: CONNECT is not supported. Point the client's base URL at it "
+    "instead (OPENAI_BASE_URL=http://HOST:PORT/v1) rather than setting HTTPS_PROXY.",
+)
+
+
+def body_not_object(kind: str) -> Reply:
     """The body is valid JSON but not an object; `kind` names what it is (an array, a string, ...)."""
-    return ErrorReply.build(400, f"The request body must be a JSON object ({{...}}), not {kind}.")
+    return error(400, f"The request body must be a JSON object ({{...}}), not {kind}.")
 
 
-def model_not_found(model: str, known: tuple[str, ...]) -> ErrorReply:
+def model_not_found(model: str, known: tuple[str, ...]) -> Reply:
     return _not_found("model", model, "Models", known)
 
 
-def deployment_not_found(deployment: str, known: tuple[str, ...]) -> ErrorReply:
+def deployment_not_found(deployment: str, known: tuple[str, ...]) -> Reply:
     """An Azure-form request (/openai/deployments/X/...) for a deployment outside the model map,
     under `unmapped_models: reject`: the same refusal as for an unknown model."""
     return _not_found("deployment", deployment, "Deployments", known)
 
 
-def _not_found(what: str, name: str, known_label: str, known: tuple[str, ...]) -> ErrorReply:
+def _not_found(what: str, name: str, known_label: str, known: tuple[str, ...]) -> Reply:
     names = ", ".join(known) if known else "none are configured"
-    return ErrorReply.build(
+    return error(
         404,
         f"The {what} `{name}` does not exist or you do not have access to it. "
         f"{known_label} known to this proxy: {names}.",

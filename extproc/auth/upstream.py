@@ -1,0 +1,113 @@
+"""Upstream credentials: for a backend, the headers that authenticate a request to it.
+
+Every provider answers `headers_for` from memory. `ApiKeyFile` reads its file when built and again
+from `refresh()` when the file has changed (a Kubernetes Secret volume is updated in place), which the
+worker calls on a timer, never on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+from .client import presented_key
+
+log = logging.getLogger(__name__)
+
+# Header (name, value) pairs to set on the upstream request.
+Headers = tuple[tuple[str, str], ...]
+API_KEY_HEADER = "api-key"
+
+
+class CredentialError(Exception):
+    """A credential cannot be loaded (the message says where from, never what it holds)."""
+
+
+class UpstreamCredential(Protocol):
+    # Whether answers carrying these headers may be kept beyond their request (not a client's own key).
+    reusable: bool
+
+    def headers_for(self, authorization: str, api_key: str) -> Headers | None:
+        """The headers to set upstream, given the client's `Authorization` and `api-key` headers;
+        None when there is no credential for this request (a 401)."""
+        ...
+
+
+class StaticApiKey:
+    """A key from the config or the environment."""
+
+    reusable = True
+
+    def __init__(self, key: str) -> None:
+        self._headers: Headers = ((API_KEY_HEADER, key),)
+
+    def headers_for(self, authorization: str, api_key: str) -> Headers:
+        return self._headers
+
+
+class ApiKeyFile:
+    """A key read from a file, and read again when the file changes (its identity, size or time)."""
+
+    reusable = True
+
+    def __init__(self, path: Path, label: str = "api_key_file") -> None:
+        self._path = path
+        self._label = label
+        self._stamp: tuple[int, ...] | None = None
+        self._headers: Headers = ()
+        self.refresh(strict=True)
+
+    def headers_for(self, authorization: str, api_key: str) -> Headers:
+        return self._headers
+
+    def refresh(self, *, strict: bool = False) -> bool:
+        """Re-read the file if it changed; True when a key is loaded. Once a key is loaded, a file
+        that becomes unreadable or empty keeps it (logged): a Secret being rewritten must not fail
+        requests. `strict` (at start) raises CredentialError instead."""
+        try:
+            stat = os.stat(self._path)  # follows the ..data symlink a Secret volume swaps
+            stamp = (stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns)
+            if stamp == self._stamp:
+                return True
+            key = read_key_file(self._path, self._label)
+            if key is None:
+                raise CredentialError(f"{self._label}: {self._path} is empty")
+        except OSError as exc:
+            problem = CredentialError(f"{self._label}: cannot read {self._path}: {exc.strerror or exc}")
+            return self._keep(problem, strict)
+        except CredentialError as exc:
+            return self._keep(exc, strict)
+        if self._stamp is not None:
+            log.info("%s: %s changed; using the new key", self._label, self._path)
+        self._stamp = stamp
+        self._headers = ((API_KEY_HEADER, key),)
+        return True
+
+    def _keep(self, problem: CredentialError, strict: bool) -> bool:
+        if strict:
+            raise problem
+        log.error("%s; keeping the key read before", problem)
+        return bool(self._headers)
+
+
+class ClientKeyAsApiKey:
+    """No server key configured: the client's own key (Bearer token or `api-key`) is sent as
+    `api-key`, as the Go proxy did."""
+
+    reusable = False
+
+    def headers_for(self, authorization: str, api_key: str) -> Headers | None:
+        key = presented_key(authorization, api_key)
+        return None if key is None else ((API_KEY_HEADER, key),)
+
+
+def read_key_file(path: Path, label: str = "api_key_file") -> str | None:
+    """The key in the file (surrounding whitespace removed), None when it is empty."""
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        raise CredentialError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CredentialError(f"{label}: {path} is not UTF-8 text") from None

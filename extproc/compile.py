@@ -1,0 +1,57 @@
+"""Settings -> the compiled `Gateway` the core decides with. Once per worker, at start.
+
+This is where the settings' I/O happens (reading key files), so the core does none: it gets
+backends whose credential providers answer from memory, a route table with every path prefix
+built, and the `/v1/models` answers serialized.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, CredentialError, StaticApiKey, UpstreamCredential
+from .config import BackendSettings, ConfigError, Settings
+from .core.catalogue import ENDPOINT_NAMES
+from .core.gateway import Gateway, Limits
+from .core.models_endpoint import ModelsEndpoint
+from .core.routes import EndpointOptions, compile_routes
+from .routing import DEFAULT_BACKEND, Backend, ModelMapper, cluster_name
+
+
+def upstream_credential(name: str, backend: BackendSettings) -> UpstreamCredential:
+    """The credential provider for a backend: a key file (re-read when it changes), a static key, or,
+    with neither, the client's own key (the Go proxy's behaviour)."""
+    label = "azure" if name == DEFAULT_BACKEND else f"backends.{name}"
+    if backend.api_key_file is not None:
+        try:
+            return ApiKeyFile(backend.api_key_file, f"{label}.api_key_file")
+        except CredentialError as exc:
+            raise ConfigError(str(exc)) from None
+    if backend.api_key is not None:
+        return StaticApiKey(backend.api_key.get_secret_value())
+    return ClientKeyAsApiKey()
+
+
+def compile_gateway(settings: Settings, created: int | None = None) -> Gateway:
+    """`created`: the time `/v1/models` reports (default: now)."""
+    backends = {
+        name: Backend(name, cluster_name(name), upstream_credential(name, backend))
+        for name, backend in settings.backends.items()
+    }
+    models = ModelMapper(settings.models, settings.unmapped_models, backends[DEFAULT_BACKEND])
+    options = {
+        name: EndpointOptions(settings.api_version_for(name), v1=settings.endpoint(name).api == "v1")
+        for name in ENDPOINT_NAMES
+    }
+    return Gateway(
+        backends=backends,
+        routes=compile_routes(options, settings.azure.api_version, models.known_deployments),
+        models=models,
+        models_endpoint=ModelsEndpoint(models.known_models, int(time.time()) if created is None else created),
+        limits=Limits(settings.limits.max_request_body_bytes),
+    )
+
+
+def refreshable_credentials(gateway: Gateway) -> list[ApiKeyFile]:
+    """The providers whose source can change under a running worker (key files)."""
+    return [b.credential for b in gateway.backends.values() if isinstance(b.credential, ApiKeyFile)]

@@ -1,0 +1,72 @@
+"""Loading the settings: the YAML file (paths relative to it), then the environment, validated once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import ValidationError
+
+from .legacy_env import apply_env
+from .schema import ConfigError, Settings
+
+CONFIG_PATH_ENV = "AOAI_GATEWAY_CONFIG"
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    """Paths in a config file are relative to the file, not to the current directory."""
+    for section, keys in (
+        ("azure", ("api_key_file", "ca_file")),
+        ("listen", ("tls_cert_file", "tls_key_file")),
+        ("extproc", ("socket_dir",)),
+    ):
+        values = raw.get(section)
+        if isinstance(values, dict):
+            for key in keys:
+                if isinstance(values.get(key), str) and not values[key].startswith(("/", "~")):
+                    values[key] = str(base / values[key])
+    if isinstance(raw.get("state_dir"), str) and not raw["state_dir"].startswith(("/", "~")):
+        raw["state_dir"] = str(base / raw["state_dir"])
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{field}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file (if any) and the environment, and validate the result once."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_PATH_ENV) or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path).expanduser()
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file}: the top level must be a mapping")
+        raw = loaded
+        _resolve_relative_paths(raw, file.resolve().parent)
+    raw = apply_env(raw, env)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    settings.azure.resolved_api_key()  # fail at start, not on the first request, if the key file is unreadable
+    return settings
+
+

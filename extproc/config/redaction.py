@@ -1,0 +1,29 @@
+"""The effective configuration with secrets replaced, for `python -m extproc config`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.catalogue import ENDPOINT_NAMES
+from .schema import Settings
+
+REDACTED = "<redacted>"
+
+
+def redacted_dump(settings: Settings) -> dict[str, Any]:
+    data = settings.model_dump(mode="json")
+    key = settings.azure.resolved_api_key()
+    data["azure"]["api_key"] = REDACTED if key else None
+    data["effective"] = {
+        "api_key_source": (
+            "azure.api_key_file (re-read when it changes)"
+            if settings.azure.api_key_file
+            else "azure.api_key / AZURE_OPENAI_API_KEY"
+            if settings.azure.api_key
+            else "none: the client's Bearer token is forwarded as api-key"
+        ),
+        "backends": {name: backend.endpoint for name, backend in settings.backends.items()},
+        "api_versions": {name: settings.api_version_for(name) for name in ENDPOINT_NAMES},
+        "extproc_sockets": [str(p) for p in settings.socket_paths()],
+    }
+    return data

@@ -1,0 +1,208 @@
+"""The settings' schema: what the YAML file (and the environment) may say, validated by pydantic.
+
+Validated once at start (unknown keys and bad values are rejected with the field's name); the
+worker compiles the result once (extproc/compile.py), the Envoy config is rendered from it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from ..auth.upstream import CredentialError, read_key_file
+from ..core.catalogue import ENDPOINT_NAMES, MIN_API_VERSION_BY_ENDPOINT
+from ..routing import DEFAULT_BACKEND, UnmappedModelPolicy
+
+DEFAULT_API_VERSION = "2024-10-21"
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # Azure's audio limit is 25 MB; multipart adds a little
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the field or variable."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class BackendSettings(_Strict):
+    """One upstream resource: today the `azure:` section (the backend named `default`)."""
+
+    endpoint: str | None = None
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    api_version: str = DEFAULT_API_VERSION
+    ca_file: Path | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_a_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL such as https://NAME.openai.azure.com")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be the resource's base URL, without a path or query")
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> BackendSettings:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give api_key or api_key_file, not both")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        """The server's Azure key as it is now, read from the file if one is named (the worker's
+        credential provider re-reads the file when it changes)."""
+        if self.api_key_file is not None:
+            try:
+                key = read_key_file(self.api_key_file, "azure.api_key_file")
+            except CredentialError as exc:
+                raise ConfigError(str(exc)) from None
+            if key is None:
+                raise ConfigError(f"azure.api_key_file: {self.api_key_file} is empty")
+            return key
+        return self.api_key.get_secret_value() if self.api_key else None
+
+    @property
+    def host(self) -> str | None:
+        return urlsplit(self.endpoint).hostname if self.endpoint else None
+
+    @property
+    def port(self) -> int | None:
+        if not self.endpoint:
+            return None
+        parts = urlsplit(self.endpoint)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.endpoint and self.endpoint.startswith("https://"))
+
+
+class EndpointSettings(_Strict):
+    # classic: /openai/deployments/{dep}/{op}?api-version=V (or /openai/{op} for responses, files, batches)
+    # v1: /openai/v1/{op} with the deployment name as the body's model, no api-version
+    api: Literal["classic", "v1"] = "classic"
+    api_version: str | None = None
+
+
+class ListenSettings(_Strict):
+    # This machine only by default: anyone who reaches the listener spends the Azure key, and the
+    # gateway has no client authentication yet. Containers and shared gateways set 0.0.0.0 explicitly.
+    address: str = "127.0.0.1"
+    http_port: Port | None = 8080
+    https_port: Port | None = 8443
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> ListenSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if self.http_port is None and self.https_port is None:
+            raise ValueError("at least one of http_port and https_port must be set")
+        return self
+
+
+class EnvoySettings(_Strict):
+    admin_port: Port = 9901  # always bound to 127.0.0.1
+    concurrency: Annotated[int, Field(ge=1, le=256)] | None = None  # worker threads; None = cores
+    # No route timeout (streams can last minutes); instead close a request idle this long.
+    upstream_idle_timeout_seconds: Annotated[int, Field(ge=1)] = 900
+    binary: str = "envoy"
+
+
+class ExtprocSettings(_Strict):
+    socket_dir: Path | None = None  # default: <state_dir>/run
+    workers: Annotated[int, Field(ge=1, le=64)] | None = None  # processes; None = cores
+    message_timeout_ms: Annotated[int, Field(ge=50, le=60_000)] = 2000
+
+
+class LimitSettings(_Strict):
+    max_request_body_bytes: Annotated[int, Field(ge=64 * 1024, le=512 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
+
+
+class Settings(_Strict):
+    azure: BackendSettings = BackendSettings()
+    models: dict[str, str] = {}
+    unmapped_models: UnmappedModelPolicy = UnmappedModelPolicy.PASSTHROUGH
+    endpoints: dict[str, EndpointSettings] = {}
+    listen: ListenSettings = ListenSettings()
+    envoy: EnvoySettings = EnvoySettings()
+    extproc: ExtprocSettings = ExtprocSettings()
+    limits: LimitSettings = LimitSettings()
+    state_dir: Path = Path("~/.local/state/aoai-gateway")
+
+    @field_validator("models")
+    @classmethod
+    def _models_not_blank(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, deployment in value.items():
+            if not model.strip() or not deployment.strip():
+                raise ValueError(f"model and deployment names must not be empty (got {model!r}: {deployment!r})")
+            if deployment in (".", ".."):
+                raise ValueError(f"{deployment!r} is not a deployment name (model {model!r})")
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _known_endpoints(cls, value: dict[str, EndpointSettings]) -> dict[str, EndpointSettings]:
+        for name in value:
+            if name not in ENDPOINT_NAMES:
+                raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(ENDPOINT_NAMES)}")
+        return value
+
+    @property
+    def backends(self) -> dict[str, BackendSettings]:
+        """Every upstream resource by name: today the one from `azure:` (and AZURE_OPENAI_*)."""
+        return {DEFAULT_BACKEND: self.azure}
+
+    def endpoint(self, name: str) -> EndpointSettings:
+        return self.endpoints.get(name, EndpointSettings())
+
+    def api_version_for(self, name: str) -> str:
+        options = self.endpoint(name)
+        if options.api_version:
+            return options.api_version
+        minimum = MIN_API_VERSION_BY_ENDPOINT.get(name)
+        # api-versions are dates (YYYY-MM-DD[-preview]), so string order is release order.
+        if minimum and self.azure.api_version < minimum:
+            return minimum
+        return self.azure.api_version
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir.expanduser()
+
+    @property
+    def socket_dir(self) -> Path:
+        return (self.extproc.socket_dir or self.state_path / "run").expanduser()
+
+    @property
+    def worker_count(self) -> int:
+        return self.extproc.workers or os.cpu_count() or 1
+
+    def socket_paths(self) -> list[Path]:
+        return [self.socket_dir / f"extproc-{i}.sock" for i in range(self.worker_count)]

@@ -1,0 +1,37 @@
+"""The compiled gateway: everything the core needs per request, built once per worker from the
+settings (extproc/compile.py) and never changed after. Immutable; its parts do no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..routing import Backend, ModelMapper
+from .models_endpoint import ModelsEndpoint
+from .routes import RouteTable
+
+# The ext_proc's gRPC limit is the body limit plus room for headers and framing.
+GRPC_MESSAGE_HEADROOM = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_request_body_bytes: int
+
+    @property
+    def grpc_max_message_bytes(self) -> int:
+        return self.max_request_body_bytes + GRPC_MESSAGE_HEADROOM
+
+
+@dataclass(frozen=True)
+class Gateway:
+    backends: Mapping[str, Backend]  # by name, each with its Envoy cluster and credential provider
+    models: ModelMapper  # model -> backend and deployment
+    routes: RouteTable
+    models_endpoint: ModelsEndpoint
+    limits: Limits
+
+    @property
+    def credentials_reusable(self) -> bool:
+        """Whether decisions may be cached: no backend sends the client's own key."""
+        return all(backend.credential.reusable for backend in self.backends.values())

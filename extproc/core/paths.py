@@ -1,0 +1,53 @@
+"""Paths and query strings: the api-version set exactly once, dot segments found in any spelling."""
+
+from __future__ import annotations
+
+from typing import Callable
+from urllib.parse import quote, unquote
+
+
+def _is_api_version(param: str) -> bool:
+    # Compared decoded and case-insensitively: Azure (ASP.NET) reads query keys that way, so
+    # `API-Version=x` next to ours would be a second, conflicting api-version.
+    return unquote(param.partition("=")[0]).lower() == "api-version"
+
+
+def has_api_version(raw_query: str) -> bool:
+    """Whether the query has an api-version parameter (by key, not a substring of another key)."""
+    return bool(raw_query) and any(_is_api_version(p) for p in raw_query.split("&"))
+
+
+QueryMerger = Callable[[str], str]
+
+
+def query_merger(api_version: str | None) -> QueryMerger:
+    """merge_query with the api-version fixed and its encoding done once, at compile time."""
+    tail = None if api_version is None else "api-version=" + quote(api_version, safe="")
+    alone = "?" + tail if tail is not None else ""
+
+    def merge(raw_query: str) -> str:
+        if not raw_query:
+            return alone  # the common case: no client query at all
+        kept = [p for p in raw_query.split("&") if p and not _is_api_version(p)]
+        if tail is not None:
+            kept.append(tail)
+        return "?" + "&".join(kept) if kept else ""
+
+    return merge
+
+
+def merge_query(raw_query: str, api_version: str | None) -> str:
+    """The client's query parameters, untouched and in order, with api-version set exactly once (or
+    removed): the client's own api-version, in any case or encoding, is dropped."""
+    return query_merger(api_version)(raw_query)
+
+
+def escapes_its_prefix(path: str) -> bool:
+    """Whether the path has a dot segment (`..`, `.`, also percent-encoded or after a backslash).
+
+    Envoy does not normalize paths here and Azure may: `/v1/files/../deployments/x/...` would be
+    routed as a file request and served as a call to deployment x. No API path has one.
+    """
+    if "." not in path and "%" not in path and "\\" not in path:
+        return False
+    return any(segment in (".", "..") for segment in unquote(path).replace("\\", "/").split("/"))

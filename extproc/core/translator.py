@@ -1,0 +1,176 @@
+"""The translation core: an OpenAI API request in, a decision out. Pure; no gRPC, no I/O.
+
+`Translator` takes a compiled `Gateway`. Envoy's ext_proc glue calls `on_headers` with the request
+headers and, when that returns `AwaitBody`, calls its `finish` with the buffered body.
+`finish(b"")` never forwards (an empty body is never a valid request to send on): the glue relies
+on it for requests without a body and for a request of headers and trailers alone.
+
+URL families, each handled by one method: an endpoint whose model is in the body (`_model_in_body`),
+an endpoint decided from the headers (`_resource`), `/v1/models` (`ModelsEndpoint`), and requests
+already in Azure form (`_azure_form`). Anything else is a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+from urllib.parse import unquote
+
+from ..auth.upstream import Headers
+from ..routing import Backend
+from . import errors
+from .bodies import BodyModel, model_name, read_model
+from .catalogue import AZURE_UPLOAD_PREFIXES
+from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead
+from .gateway import Gateway
+from .jsonbody import InvalidJson, replace_top_level_string
+from .multipart import replace_field
+from .paths import escapes_its_prefix, has_api_version
+from .routes import AZURE_DEPLOYMENTS_PREFIX, BodyRoute, ResourceRoute
+
+_Family = Callable[[RequestHead, str, str], HeadersDecision]  # (head, path, query) -> decision
+
+
+class Translator:
+    def __init__(self, gateway: Gateway) -> None:
+        self._models = gateway.models
+        self._routes = gateway.routes
+        self._body_routes = gateway.routes.body_routes
+        self._models_endpoint = gateway.models_endpoint
+        # (bare path or None, prefix, handler): the first the path equals or starts with.
+        families: list[tuple[str | None, str, _Family]] = [
+            ("/v1/models", "/v1/models/", lambda head, path, _query: self._models_endpoint.answer(head.method, path)),
+            (None, "/openai/", self._azure_form),
+        ]
+        for route in gateway.routes.resource_routes:
+            families.append((route.prefix, route.prefix + "/", self._resource_family(route)))
+        self._families = tuple(families)
+
+    # --- per request ----------------------------------------------------------------------------
+
+    def on_headers(self, head: RequestHead) -> HeadersDecision:
+        path, _, query = head.path.partition("?")
+        route = self._body_routes.get(path)
+        if route is not None:
+            return self._model_in_body(head, route, query)
+        for bare, prefix, family in self._families:
+            if path == bare or path.startswith(prefix):
+                return family(head, path, query)
+        return errors.invalid_url(head.method, path)
+
+    def _credential(self, head: RequestHead, backend: Backend) -> Headers | Reply:
+        """The headers that authenticate the request to `backend`, or the 401 refusing it."""
+        credential = backend.credential.headers_for(head.authorization, head.api_key)
+        return errors.missing_api_key(head.authorization) if credential is None else credential
+
+    # --- endpoints whose model is in the body ---------------------------------------------------
+
+    def _model_in_body(self, head: RequestHead, route: BodyRoute, query: str) -> HeadersDecision:
+        if head.method != "POST":
+            return errors.invalid_url(head.method, head.path.partition("?")[0])
+        # One backend today: its credential is checked before the body is read (a 401 needs no body).
+        credential = self._credential(head, self._models.backend)
+        if isinstance(credential, Reply):
+            return credential
+        content_type = head.content_type
+        return AwaitBody(lambda body: self._on_body(route, query, content_type, credential, body))
+
+    def _on_body(self, route: BodyRoute, query: str, content_type: str, credential: Headers, body: bytes) -> BodyDecision:
+        found = read_model(body, content_type, multipart_only=route.multipart_only)
+        if isinstance(found, Reply):
+            return found
+        model = model_name(found)
+        if isinstance(model, Reply):
+            return model
+        target = self._models.target_for(model)
+        if target is None:
+            return errors.model_not_found(model, self._models.known_models)
+        new_body = None
+        if route.model_in_body and target.deployment != model:
+            new_body = _with_model(body, found, target.deployment)
+            if isinstance(new_body, Reply):
+                return new_body
+        return Forward(route.path_for(target.deployment, query), credential, target.backend.cluster, new_body)
+
+    # --- endpoints decided from the headers -----------------------------------------------------
+
+    def _resource_family(self, route: ResourceRoute) -> _Family:
+        def resource(head: RequestHead, path: str, query: str) -> HeadersDecision:
+            # `/v1/responses/` is no id, and Azure could take it for `/v1/responses` unmapped.
+            if head.method not in route.methods or path == route.prefix + "/" or escapes_its_prefix(path):
+                return errors.invalid_url(head.method, path)
+            backend = self._models.backend
+            credential = self._credential(head, backend)
+            if isinstance(credential, Reply):
+                return credential
+            forward = Forward(route.path_for(path, query), credential, backend.cluster)
+            if self._models.rejects_unknown:
+                # e.g. /v1/responses/input_tokens: a model in the body reaches Azure as it is.
+                return self._body_checked_under_reject(head, forward)
+            return forward
+
+        return resource
+
+    # --- requests already in Azure form ---------------------------------------------------------
+
+    def _azure_form(self, head: RequestHead, path: str, query: str) -> HeadersDecision:
+        """Requests already in Azure form pass through; a missing api-version gets the default.
+        `unmapped_models: reject` holds for them too: the deployment they name, in the path or (v1
+        surface, responses, assistants...) in the body's model, must be a mapped one."""
+        backend = self._models.backend
+        credential = self._credential(head, backend)
+        if isinstance(credential, Reply):
+            return credential
+        if escapes_its_prefix(path):
+            return errors.invalid_url(head.method, path)
+        if path.startswith("/openai/v1/") or has_api_version(query):
+            azure_path = path + ("?" + query if query else "")
+        else:
+            azure_path = path + self._routes.azure_form_query(query)
+        forward = Forward(azure_path, credential, backend.cluster)
+        if not self._models.rejects_unknown:
+            return forward
+        if path[: len(AZURE_DEPLOYMENTS_PREFIX)].lower() == AZURE_DEPLOYMENTS_PREFIX:
+            # Azure serves the deployment in the path (matched case-insensitively, as Azure may);
+            # a model in the body is not read for routing.
+            deployment = unquote(path[len(AZURE_DEPLOYMENTS_PREFIX) :].partition("/")[0])
+            if not self._models.allows_deployment(deployment):
+                return errors.deployment_not_found(deployment, self._models.known_deployments)
+            return forward
+        return self._body_checked_under_reject(head, forward)
+
+    # --- `unmapped_models: reject` for bodies the route does not read ---------------------------
+
+    def _body_checked_under_reject(self, head: RequestHead, forward: Forward) -> HeadersDecision:
+        """`forward` once the body's model is checked; at once for requests without a body and for
+        uploads (they stream unread, may exceed the body limit, name no model)."""
+        if head.method != "POST" or not head.has_body or forward.path.startswith(AZURE_UPLOAD_PREFIXES):
+            return forward
+        content_type = head.content_type
+        return AwaitBody(lambda body: self._check_named_deployments(forward, content_type, body))
+
+    def _check_named_deployments(self, forward: Forward, content_type: str, body: bytes) -> BodyDecision:
+        """Forward the body unchanged if the deployment its model names is a mapped one (or it has no
+        model: nothing to route by); anything unreadable is refused, not forwarded unchecked."""
+        if not body and content_type[:10].lower() == "multipart/":
+            return errors.INVALID_MULTIPART
+        found = read_model(body, content_type, require_object=False)
+        if isinstance(found, Reply):
+            return found
+        named = [found.value]
+        session = found.document.get("session") if found.document is not None else None
+        if isinstance(session, dict):  # realtime client secrets name the deployment there
+            named.append(session.get("model"))
+        for deployment in named:
+            if isinstance(deployment, str) and deployment and not self._models.allows_deployment(deployment):
+                return errors.deployment_not_found(deployment, self._models.known_deployments)
+        return forward
+
+
+def _with_model(body: bytes, found: BodyModel, deployment: str) -> bytes | Reply:
+    """The body with its model replaced by the deployment name, every other byte as sent."""
+    if found.field is not None:
+        return replace_field(body, found.field, deployment)
+    try:
+        return replace_top_level_string(body, "model", deployment)
+    except InvalidJson:  # parsed and one model, yet not walkable: not expected; never forward a guess
+        return errors.INVALID_JSON

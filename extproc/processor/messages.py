@@ -1,0 +1,109 @@
+"""Envoy ext_proc protobufs <-> the core's plain data: the request head in, decisions out."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3.http_status_pb2 import HttpStatus
+
+from ..core.decision import Forward, Reply, RequestHead
+
+ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstream; clients' copies are stripped
+# The client's credentials never reach upstream; a header the upstream credential sets is overwritten,
+# never removed and re-added.
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key")
+REPLY_DETAILS = "aoai_gateway_reply"
+
+
+# A mode override replaces the whole mode (unset header modes mean SEND): spell every field out.
+# Request trailers: SKIP where the override comes with the RPC's last answer (nothing more is wanted,
+# and a SEND would hold the trailers for a stream that is ending); SEND with the CONTINUE, so that a
+# request of headers and trailers alone is answered whatever the Envoy config says.
+def _request_mode(body: int, trailers: int) -> ProcessingMode:
+    return ProcessingMode(
+        request_header_mode=ProcessingMode.SEND,
+        request_body_mode=body,
+        request_trailer_mode=trailers,
+        response_header_mode=ProcessingMode.SKIP,
+        response_body_mode=ProcessingMode.NONE,
+        response_trailer_mode=ProcessingMode.SKIP,
+    )
+
+
+_STREAM_BODY_MODE = _request_mode(ProcessingMode.NONE, ProcessingMode.SKIP)
+_BUFFER_BODY_MODE = _request_mode(ProcessingMode.BUFFERED, ProcessingMode.SEND)
+CONTINUE_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_BUFFER_BODY_MODE)
+CONTINUE_BYTES = CONTINUE_HEADERS.SerializeToString()
+_JSON_CONTENT_TYPE = HeaderValueOption(header=HeaderValue(key="content-type", raw_value=b"application/json"))
+
+
+def _encode(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def request_head(headers: pb.HttpHeaders) -> RequestHead:
+    """Pick the few headers the core reads, in one pass."""
+    method = path = content_type = authorization = api_key = ""
+    for header in headers.headers.headers:
+        key = header.key
+        if key == ":path":
+            path = _decode(header.raw_value)
+        elif key == ":method":
+            method = _decode(header.raw_value)
+        elif key == "content-type":
+            content_type = _decode(header.raw_value)
+        elif key == "authorization":
+            authorization = _decode(header.raw_value)
+        elif key == "api-key":
+            api_key = _decode(header.raw_value)
+    return RequestHead(method, path, content_type, authorization, api_key, has_body=not headers.end_of_stream)
+
+
+def _header(key: str, value: str) -> HeaderValueOption:
+    return HeaderValueOption(header=HeaderValue(key=key, raw_value=_encode(value)))
+
+
+def _common_response(forward: Forward) -> pb.CommonResponse:
+    credential_names = {name for name, _ in forward.credential}
+    set_headers = [_header(":path", forward.path)]
+    set_headers += [_header(name, value) for name, value in forward.credential]
+    set_headers.append(_header(ROUTE_HEADER, forward.cluster))
+    removed = [name for name in CLIENT_CREDENTIAL_HEADERS if name not in credential_names]
+    common = pb.CommonResponse(
+        header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=removed),
+        clear_route_cache=True,  # the route is chosen again, now matching the routing header
+    )
+    if forward.body is not None:
+        common.header_mutation.set_headers.append(
+            HeaderValueOption(header=HeaderValue(key="content-length", raw_value=str(len(forward.body)).encode()))
+        )
+        common.body_mutation.body = forward.body
+    return common
+
+
+def reply_response(reply: Reply) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=HttpStatus(code=reply.status),  # type: ignore[arg-type]
+            headers=pb.HeaderMutation(set_headers=[_JSON_CONTENT_TYPE]),
+            body=reply.body,
+            details=REPLY_DETAILS,
+        )
+    )
+
+
+def headers_forward_response(forward: Forward, has_body: bool) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=_common_response(forward)))
+    if has_body:
+        # Decided without the body: let it stream upstream instead of buffering it here.
+        response.mode_override.CopyFrom(_STREAM_BODY_MODE)
+    return response
+
+
+def body_forward_response(forward: Forward) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=_common_response(forward)))

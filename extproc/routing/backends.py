@@ -1,0 +1,21 @@
+"""A backend: one upstream resource (an Azure OpenAI endpoint), as the request path sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..auth.upstream import UpstreamCredential
+
+DEFAULT_BACKEND = "default"  # the backend of the `azure:` section and the AZURE_OPENAI_* variables
+
+
+def cluster_name(backend: str) -> str:
+    """The Envoy cluster of a backend (the default one keeps its historical name, `azure`)."""
+    return "azure" if backend == DEFAULT_BACKEND else f"backend-{backend}"
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str
+    cluster: str  # the Envoy cluster that reaches it
+    credential: UpstreamCredential  # the headers that authenticate a request to it

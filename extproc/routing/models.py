@@ -1,0 +1,55 @@
+"""OpenAI model name -> where it is served: a deployment on a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Mapping
+
+from .backends import Backend
+
+_NOT_DEPLOYMENT_NAMES = frozenset({"", ".", ".."})
+
+
+class UnmappedModelPolicy(str, Enum):
+    PASSTHROUGH = "passthrough"  # use the model name as the deployment name (the FastAPI proxy)
+    STRIP_DOTS = "strip_dots"  # gpt-3.5-turbo -> gpt-35-turbo (the Go proxy)
+    REJECT = "reject"  # 404 model_not_found naming the known models
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    backend: Backend
+    deployment: str
+
+
+class ModelMapper:
+    """The model map and the policy for names outside it, over one backend (pools come later)."""
+
+    def __init__(self, models: Mapping[str, str], policy: UnmappedModelPolicy, backend: Backend) -> None:
+        self.backend = backend  # where every model, and every Azure-form request, goes today
+        self._targets = {model: Target(backend, deployment) for model, deployment in models.items()}
+        self._policy = policy
+        self.known_models: tuple[str, ...] = tuple(sorted(models))
+        self.known_deployments: tuple[str, ...] = tuple(sorted(set(models.values())))
+        self._deployment_set = frozenset(self.known_deployments)
+        # Under `reject` only the mapped deployments may be called, whatever form the request has.
+        self.rejects_unknown = policy is UnmappedModelPolicy.REJECT
+
+    def target_for(self, model: str) -> Target | None:
+        """Where to send a request for `model`, or None when the policy rejects an unmapped model."""
+        target = self._targets.get(model)
+        if target is not None:
+            return target
+        if self._policy is UnmappedModelPolicy.PASSTHROUGH:
+            deployment = model
+        elif self._policy is UnmappedModelPolicy.STRIP_DOTS:
+            deployment = model.replace(".", "").replace(":", "")
+        else:
+            return None
+        # `.` and `..` would leave /openai/deployments/ in the path (quote() keeps dots); `` is none.
+        return None if deployment in _NOT_DEPLOYMENT_NAMES else Target(self.backend, deployment)
+
+    def allows_deployment(self, deployment: str) -> bool:
+        """Whether a request naming the deployment itself (Azure form) may be sent on."""
+        return not self.rejects_unknown or deployment in self._deployment_set
