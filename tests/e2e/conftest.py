@@ -98,13 +98,13 @@ def azure(upstream_pki) -> Iterator[EmulatorThread]:
 def write_config(directory: Path, **sections: str) -> Path:
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
     defaults = {
+        "azure": f"{{api_version: '{API_VERSION}'}}",
         "models": "{" + ", ".join(f"'{k}': '{v}'" for k, v in MODEL_MAP.items()) + "}",
         "unmapped_models": "reject",
         "extproc": "{workers: 1}",
     }
     sections = {**defaults, **sections}
     lines = [
-        f"azure: {{api_version: '{API_VERSION}'}}",
         f"listen: {{address: 127.0.0.1, http_port: {http_port}, https_port: {https_port}}}",
         f"envoy: {{admin_port: {admin_port}, concurrency: 1}}",
         f"limits: {{max_request_body_bytes: {BODY_LIMIT}}}",

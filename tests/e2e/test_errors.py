@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from http.client import HTTPResponse
 from pathlib import Path
 
 import httpx
@@ -105,11 +107,34 @@ def test_no_api_key_anywhere_is_401(tmp_path: Path, azure: EmulatorThread, upstr
         response = httpx.post(base_url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
         assert response.status_code == 401
         assert "API key" in openai_error(response)["message"]
+        # A credential in another scheme: the message says what was wrong with it, and shows no secret.
+        basic = httpx.post(base_url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": []},
+                           headers={"authorization": "Basic dXNlcjpwYXNzd29yZA=="})
+        assert basic.status_code == 401
+        message = openai_error(basic)["message"]
+        assert "`Basic` scheme" in message and "Bearer" in message and "dXNlcjpwYXNzd29yZA" not in message
+        sent = len(azure.requests())
         # The client's own bearer token becomes the Azure key (the Go proxy's behaviour).
         ok = httpx.post(base_url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "k"}]},
                         headers={"authorization": f"Bearer {SERVER_KEY}"})
         assert ok.status_code == 200
         assert azure.last().headers["api-key"] == SERVER_KEY and "authorization" not in azure.last().headers
+        assert len(azure.requests()) == sent + 1  # the refused ones never reached Azure
+
+
+def test_connect_says_the_gateway_is_no_forward_proxy(gateway: Gateway, azure: EmulatorThread) -> None:
+    """A client configured with the gateway as HTTPS_PROXY sends CONNECT: it is told what to do instead."""
+    before = len(azure.requests())
+    host, port = gateway.http_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+        response = HTTPResponse(sock)
+        response.begin()
+        body = response.read(response.length or 4096)
+    assert response.status == 404
+    message = openai_error(httpx.Response(response.status, headers=dict(response.getheaders()), content=body))["message"]
+    assert "not a forward proxy" in message and "OPENAI_BASE_URL" in message and "Invalid URL" not in message
+    assert len(azure.requests()) == before
 
 
 class Running:

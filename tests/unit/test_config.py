@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,24 @@ def test_redacted_dump_hides_the_key() -> None:
     dump = redacted_dump(load_settings(env={"AZURE_OPENAI_API_KEY": "super-secret-value"}))
     assert "super-secret-value" not in repr(dump)
     assert dump["azure"]["api_key"] == "<redacted>"
+
+
+def test_config_without_an_endpoint_shows_what_up_runs(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """`up` starts the emulator with a key: `config` says so instead of 'the client's token is forwarded'."""
+    import json
+
+    from extproc.cli import main
+
+    for name in [n for n in os.environ if n.startswith(("AZURE_", "AOAI_GATEWAY_"))]:
+        monkeypatch.delenv(name)
+    assert main(["config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert "emulator" in shown["effective"]["upstream"]
+    assert "emulator-key" in shown["effective"]["api_key_source"] and "forwarded" not in shown["effective"]["api_key_source"]
+    assert shown["azure"]["api_key"] == "<redacted>" and "emulator" in shown["models"]
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "mine")
+    monkeypatch.setenv("AZURE_OPENAI_MODEL_MAPPER", "gpt-4o=gpt-4o")
+    assert main(["config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["effective"]["api_key_source"].startswith("azure.api_key") and shown["models"] == {"gpt-4o": "gpt-4o"}
+    assert "mine" not in json.dumps(shown)

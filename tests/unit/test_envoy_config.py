@@ -190,3 +190,25 @@ def test_extproc_workers_are_health_checked(tmp_path: Path, tls) -> None:
     settings = load_settings(slow, env={"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com", "AOAI_GATEWAY_STATE_DIR": str(tmp_path)})
     extproc = next(c for c in envoy_config.render(settings, tls)["static_resources"]["clusters"] if c["name"] == "extproc")
     assert extproc["health_checks"][0]["timeout"] == "1s"  # never below a second
+
+
+def test_streamed_routes_come_from_the_catalogue(tmp_path: Path, tls) -> None:
+    """Each endpoint the catalogue streams (and the Azure form) gets a route whose ext_proc mode reads
+    no body; every other path is buffered. The HTTP and HTTPS listeners route alike."""
+    from extproc.core.catalogue import CATALOGUE, Upload
+
+    config = envoy_config.render(settings_for(tmp_path), tls)
+    tables = []
+    for listener in config["static_resources"]["listeners"]:
+        (vhost,) = connection_manager(listener)["route_config"]["virtual_hosts"]
+        streamed = {}
+        for route in vhost["routes"]:
+            per_route = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_proc")
+            if per_route:
+                assert route["direct_response"] == {"status": 404}  # undecided: never upstream
+                streamed[next(iter(route["match"].values()))] = per_route["overrides"]["processing_mode"]["request_body_mode"]
+        tables.append(streamed)
+        assert vhost["routes"][-1]["match"] == {"prefix": "/"} and "typed_per_filter_config" not in vhost["routes"][-1]
+    expected = {op.openai_path: "NONE" for op in CATALOGUE if op.upload is Upload.STREAMED} | {"/openai": "NONE"}
+    assert tables == [expected, expected]
+    assert "/v1/responses/" in expected and "/v1/files" in expected

@@ -112,3 +112,24 @@ def test_up_refuses_to_start_beside_a_running_ext_proc(tmp_path: Path, capsys: p
         live.listen()
         assert run_up(settings.model_copy(update={"envoy": settings.envoy.model_copy(update={"binary": "true"})}), None) == 1
     assert "another ext_proc is serving on" in capsys.readouterr().err
+    assert not (tmp_path / "envoy.yaml").exists() and not (tmp_path / "tls").exists()  # nothing written
+
+
+def test_a_second_up_on_the_same_state_dir_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A running gateway's files (its Envoy config, certificates) are left alone by a refused start."""
+    from extproc.config import load_settings
+    from extproc.runtime.up import lock_state_dir, run_up
+
+    settings = load_settings(env={"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9", "AZURE_OPENAI_API_KEY": "k",
+                                  "AOAI_GATEWAY_STATE_DIR": str(tmp_path), "AOAI_GATEWAY_WORKERS": "1"})
+    running = lock_state_dir(settings)  # as the first `up` holds it
+    (tmp_path / "envoy.yaml").write_text("the running gateway's config\n")
+    try:
+        other_ports = settings.listen.model_copy(update={"http_port": free_port(), "https_port": free_port()})
+        assert run_up(settings.model_copy(update={"listen": other_ports}), None) == 1
+    finally:
+        running.close()
+    assert (tmp_path / "envoy.yaml").read_text() == "the running gateway's config\n"
+    assert not (tmp_path / "tls").exists() and not (tmp_path / "run").exists()
+    error = capsys.readouterr().err
+    assert f"(pid {os.getpid()})" in error and "state_dir" in error and "AOAI_GATEWAY_STATE_DIR" in error
