@@ -73,17 +73,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config_as_run(settings: Settings) -> dict[str, object]:
     """What `up` would run: without an Azure endpoint, the emulator's endpoint and key."""
+    dump = redacted_dump(settings)
     if settings.azure.endpoint is not None:
-        return redacted_dump(settings)
-    from .runtime.demo import EMULATOR_KEY, emulated_settings
+        return dump
+    from .runtime.demo import EMULATOR_KEY
 
-    dump = redacted_dump(emulated_settings(settings, "http://127.0.0.1:<a free port chosen at start>"))
+    endpoint = "http://127.0.0.1:PORT (a free port chosen at start)"
+    dump["azure"]["endpoint"] = dump["effective"]["backends"]["default"] = endpoint
     effective = dump["effective"]
     effective["upstream"] = "the built-in Azure OpenAI emulator: no azure.endpoint (AZURE_OPENAI_ENDPOINT) is set"
     if settings.azure.resolved_api_key() is None:
-        effective["api_key_source"] = f"the emulator's key, {EMULATOR_KEY!r} (up sets it for the emulator and the gateway)"
+        dump["azure"]["api_key"] = "<redacted>"
+        effective["api_key_source"] = f"the emulator's key, {EMULATOR_KEY!r} (up gives it to the emulator and the gateway)"
     if not settings.models:
-        dump["models"] = "(none configured: up lists the emulator's deployments; other names pass through)"
+        effective["models"] = "none configured: up maps each deployment the emulator lists to itself"
     return dump
 
 

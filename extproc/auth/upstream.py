@@ -66,29 +66,32 @@ class ApiKeyFile:
         """Re-read the file if it changed; True when a key is loaded. Once a key is loaded, a file
         that becomes unreadable or empty keeps it (logged): a Secret being rewritten must not fail
         requests. `strict` (at start) raises CredentialError instead."""
+        stamp: tuple[int, ...] = ()  # a missing file: reported once, until it changes again
         try:
             stat = os.stat(self._path)  # follows the ..data symlink a Secret volume swaps
-            stamp = (stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns)
+            stamp = (stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
             if stamp == self._stamp:
-                return True
+                return bool(self._headers)
             key = read_key_file(self._path, self._label)
             if key is None:
                 raise CredentialError(f"{self._label}: {self._path} is empty")
         except OSError as exc:
             problem = CredentialError(f"{self._label}: cannot read {self._path}: {exc.strerror or exc}")
-            return self._keep(problem, strict)
+            return self._keep(problem, stamp, strict)
         except CredentialError as exc:
-            return self._keep(exc, strict)
+            return self._keep(exc, stamp, strict)
         if self._stamp is not None:
             log.info("%s: %s changed; using the new key", self._label, self._path)
         self._stamp = stamp
         self._headers = ((API_KEY_HEADER, key),)
         return True
 
-    def _keep(self, problem: CredentialError, strict: bool) -> bool:
+    def _keep(self, problem: CredentialError, stamp: tuple[int, ...], strict: bool) -> bool:
         if strict:
             raise problem
-        log.error("%s; keeping the key read before", problem)
+        if stamp != self._stamp:  # once per state of the file, not every refresh
+            log.error("%s; keeping the key read before", problem)
+            self._stamp = stamp
         return bool(self._headers)
 
 

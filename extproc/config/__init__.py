@@ -2,6 +2,7 @@
 table), loading, and redaction for display. Imported by the command line, the runtime and the Envoy
 renderer; never by the request path's core (it gets a compiled `Gateway`)."""
 
+from ..routing import UnmappedModelPolicy
 from .loading import CONFIG_PATH_ENV, load_settings
 from .redaction import redacted_dump
 from .schema import (
@@ -11,7 +12,6 @@ from .schema import (
     EndpointSettings,
     Settings,
 )
-from ..routing import UnmappedModelPolicy
 
 __all__ = [
     "CONFIG_PATH_ENV",

@@ -50,7 +50,6 @@ class EnvVariable:
     setting: str  # where it goes: "section.key", or "section" for a mapping merged into it
     parse: Callable[[str, str], Any] = _text  # (variable name, value) -> the setting's raw value
     replaces: str | None = None  # a sibling setting it overrides (a key in the env beats a key file)
-    documented_as: str = ""  # the README's wording when it is not simply `setting`
 
 
 LEGACY_ENV: tuple[EnvVariable, ...] = (
@@ -58,11 +57,10 @@ LEGACY_ENV: tuple[EnvVariable, ...] = (
     EnvVariable(("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_TOKEN"), "azure.api_key", replaces="api_key_file"),
     EnvVariable(("AZURE_OPENAI_API_VERSION", "AZURE_OPENAI_APIVERSION"), "azure.api_version"),
     EnvVariable(("AZURE_OPENAI_CA_FILE",), "azure.ca_file"),
-    EnvVariable(("AZURE_MODEL_MAP",), "models", _model_map_json, documented_as="merged into `models` (a JSON object)"),
-    EnvVariable(("AZURE_OPENAI_MODEL_MAPPER",), "models", _model_mapper, documented_as="merged into `models` (`a=b,c=d`)"),
+    EnvVariable(("AZURE_MODEL_MAP",), "models", _model_map_json),
+    EnvVariable(("AZURE_OPENAI_MODEL_MAPPER",), "models", _model_mapper),
     EnvVariable(("AOAI_GATEWAY_UNMAPPED_MODELS",), "unmapped_models"),
-    EnvVariable(("AZURE_OPENAI_PROXY_ADDRESS",), "listen", _listen_address,
-                documented_as="`listen.address`, `listen.http_port` (`host:port`)"),
+    EnvVariable(("AZURE_OPENAI_PROXY_ADDRESS",), "listen", _listen_address),
     EnvVariable(("AOAI_GATEWAY_STATE_DIR",), "state_dir"),
     EnvVariable(("AOAI_GATEWAY_SOCKET_DIR",), "extproc.socket_dir"),
     EnvVariable(("AOAI_GATEWAY_WORKERS",), "extproc.workers"),

@@ -73,6 +73,14 @@ class BackendSettings(_Strict):
             raise ValueError("give api_key or api_key_file, not both")
         return self
 
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        # Fail closed: an empty key must not quietly mean "forward the client's own key".
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty; set a key, or leave it out to forward each client's own key")
+        return value
+
     def resolved_api_key(self) -> str | None:
         """The server's Azure key as it is now, read from the file if one is named (the worker's
         credential provider re-reads the file when it changes)."""

@@ -1,7 +1,7 @@
 """The endpoint catalogue: one declarative entry per OpenAI endpoint the gateway serves.
 
 The translator's route table (core/routes.py), the Envoy routes that stream an upload instead of
-buffering it (envoy_config/render.py), the names `endpoints:` accepts in the config, and the README's
+buffering it (envoy_config/rendering.py), the names `endpoints:` accepts in the config, and the README's
 "What is translated" table (`markdown_table`, checked by a test) all come from `CATALOGUE`.
 """
 

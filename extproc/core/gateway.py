@@ -1,5 +1,6 @@
 """The compiled gateway: everything the core needs per request, built once per worker from the
-settings (extproc/compile.py) and never changed after. Immutable; its parts do no I/O."""
+settings (extproc/compile.py) and never replaced. Its parts answer from memory; the one thing that
+changes under it is the key a key-file provider holds, which the worker refreshes off the request path."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from .catalogue import AZURE_UPLOAD_PREFIXES
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead
 from .gateway import Gateway
 from .jsonbody import InvalidJson, replace_top_level_string
-from .multipart import replace_field
+from .multipart import is_multipart, replace_field
 from .paths import escapes_its_prefix, has_api_version
 from .routes import AZURE_DEPLOYMENTS_PREFIX, BodyRoute, ResourceRoute
 
@@ -67,15 +67,15 @@ class Translator:
     def _model_in_body(self, head: RequestHead, route: BodyRoute, query: str) -> HeadersDecision:
         if head.method != "POST":
             return errors.invalid_url(head.method, head.path.partition("?")[0])
-        # One backend today: its credential is checked before the body is read (a 401 needs no body).
-        credential = self._credential(head, self._models.backend)
+        # The default backend's credential is checked before the body is read (a 401 needs no body);
+        # a model served elsewhere gets its own backend's (_on_body).
+        credential = self._credential(head, self._models.default_backend)
         if isinstance(credential, Reply):
             return credential
-        content_type = head.content_type
-        return AwaitBody(lambda body: self._on_body(route, query, content_type, credential, body))
+        return AwaitBody(lambda body: self._on_body(head, route, query, credential, body))
 
-    def _on_body(self, route: BodyRoute, query: str, content_type: str, credential: Headers, body: bytes) -> BodyDecision:
-        found = read_model(body, content_type, multipart_only=route.multipart_only)
+    def _on_body(self, head: RequestHead, route: BodyRoute, query: str, credential: Headers, body: bytes) -> BodyDecision:
+        found = read_model(body, head.content_type, multipart_only=route.multipart_only)
         if isinstance(found, Reply):
             return found
         model = model_name(found)
@@ -84,6 +84,10 @@ class Translator:
         target = self._models.target_for(model)
         if target is None:
             return errors.model_not_found(model, self._models.known_models)
+        if target.backend is not self._models.default_backend:
+            credential = self._credential(head, target.backend)
+            if isinstance(credential, Reply):
+                return credential
         new_body = None
         if route.model_in_body and target.deployment != model:
             new_body = _with_model(body, found, target.deployment)
@@ -98,7 +102,7 @@ class Translator:
             # `/v1/responses/` is no id, and Azure could take it for `/v1/responses` unmapped.
             if head.method not in route.methods or path == route.prefix + "/" or escapes_its_prefix(path):
                 return errors.invalid_url(head.method, path)
-            backend = self._models.backend
+            backend = self._models.default_backend
             credential = self._credential(head, backend)
             if isinstance(credential, Reply):
                 return credential
@@ -116,7 +120,7 @@ class Translator:
         """Requests already in Azure form pass through; a missing api-version gets the default.
         `unmapped_models: reject` holds for them too: the deployment they name, in the path or (v1
         surface, responses, assistants...) in the body's model, must be a mapped one."""
-        backend = self._models.backend
+        backend = self._models.default_backend
         credential = self._credential(head, backend)
         if isinstance(credential, Reply):
             return credential
@@ -151,7 +155,7 @@ class Translator:
     def _check_named_deployments(self, forward: Forward, content_type: str, body: bytes) -> BodyDecision:
         """Forward the body unchanged if the deployment its model names is a mapped one (or it has no
         model: nothing to route by); anything unreadable is refused, not forwarded unchecked."""
-        if not body and content_type[:10].lower() == "multipart/":
+        if not body and is_multipart(content_type):
             return errors.INVALID_MULTIPART
         found = read_model(body, content_type, require_object=False)
         if isinstance(found, Reply):

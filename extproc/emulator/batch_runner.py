@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import orjson
 
-from .catalog import Capability
+from .model_capabilities import Capability
 from .context import Deployment, resolve_deployment
 from .errors import AzureError, invalid_request, missing_field
 from .handlers_chat import build_chat_completion

@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=MODEL",
         help="a deployment (repeatable; replaces the default set)",
     )
+    parser.add_argument(
+        "--add-deployment",
+        metavar="NAME=MODEL",
+        type=_deployment,
+        dest="added_deployments",
+        action="append",
+        default=[],
+        help="a deployment beside the default set (or beside --deployment's; repeatable)",
+    )
     parser.add_argument("--chunk-interval-ms", type=float, default=0.0, help="default pause between streamed chunks")
     parser.add_argument("--log-level", default="INFO", help="DEBUG logs one line per request")
     return parser
@@ -57,7 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
     return EmulatorSettings(
         api_keys=tuple(args.api_keys or (DEFAULT_API_KEY,)),
         bearer_tokens=tuple(args.bearer_tokens or ()),
-        deployments=dict(args.deployments) if args.deployments else dict(DEFAULT_DEPLOYMENTS),
+        deployments={**(dict(args.deployments) if args.deployments else DEFAULT_DEPLOYMENTS), **dict(args.added_deployments)},
         host=args.host,
         port=args.port,
         ssl_context=ssl_context,

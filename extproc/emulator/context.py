@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 from aiohttp import web
 
 from .bodies import Form, ParsedBody
-from .catalog import Capability, ModelInfo, model_info
+from .model_capabilities import Capability, ModelInfo, model_info
 from .errors import deployment_not_found, not_found, operation_not_supported
 from .faults import FaultPlan
 from .state import EmulatorState

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .catalog import Capability, model_info
+from .model_capabilities import Capability, model_info
 from .context import Call
 from .errors import not_found
 from .jsonio import json_response

@@ -20,7 +20,7 @@ from . import (
     handlers_responses,
 )
 from .bodies import ParsedBody
-from .catalog import Capability
+from .model_capabilities import Capability
 from .context import DEPLOYMENT_NAME, PARSED_BODY, Call, Handler, Surface, resolve_deployment
 from .errors import bad_request, missing_field, resource_not_found
 from .faults import FaultPlan

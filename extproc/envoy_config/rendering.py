@@ -150,15 +150,17 @@ def _streamed_routes_from_catalogue(routes: list[dict[str, Any]]) -> None:
     where the template has them (the HTTPS listener shares this list with the HTTP one)."""
     streamed = [i for i, route in enumerate(routes) if "direct_response" in route and "typed_per_filter_config" in route]
     if not streamed:
-        raise ConfigError("the Envoy template has no route with a per-route ext_proc mode to stream uploads")
-    model = routes[streamed[0]]
+        raise ConfigError("the Envoy template has no route with a per-route ext_proc mode to stream uploads "
+                          "(a local 404 with typed_per_filter_config); uploads would be buffered")
+    first, model = streamed[0], routes[streamed[0]]
     generated = []
     for prefix in (*streamed_prefixes(), AZURE_FORM_PREFIX):
         route = copy.deepcopy({key: value for key, value in model.items() if key != "match"})
         # `/v1/responses/` (ids only) is a plain prefix; `/v1/files` also matches `/v1/files/...`.
         route = {"match": {"prefix" if prefix.endswith("/") else "path_separated_prefix": prefix}, **route}
         generated.append(route)
-    routes[streamed[0] : streamed[-1] + 1] = generated
+    kept = [route for i, route in enumerate(routes) if i not in streamed]
+    routes[:] = kept[:first] + generated + kept[first:]
 
 
 class NoAliasDumper(yaml.SafeDumper):

@@ -64,7 +64,7 @@ def _serialize(forward: Forward, headers_phase: bool, has_body: bool) -> bytes:
 
 class ExtProcCall:
     """One ext_proc stream: `on_message` takes each serialized ProcessingRequest and returns the
-    serialized answers and whether the RPC is over (see extproc.h2server.Call)."""
+    serialized answers and whether the RPC is over (see extproc.rpc.h2server.Call)."""
 
     __slots__ = ("_translator", "_cache", "_pending")
 

@@ -27,7 +27,7 @@ class ModelMapper:
     """The model map and the policy for names outside it, over one backend (pools come later)."""
 
     def __init__(self, models: Mapping[str, str], policy: UnmappedModelPolicy, backend: Backend) -> None:
-        self.backend = backend  # where every model, and every Azure-form request, goes today
+        self.default_backend = backend  # unmapped models and requests that name no model (files, Azure form) go here
         self._targets = {model: Target(backend, deployment) for model, deployment in models.items()}
         self._policy = policy
         self.known_models: tuple[str, ...] = tuple(sorted(models))
@@ -48,7 +48,7 @@ class ModelMapper:
         else:
             return None
         # `.` and `..` would leave /openai/deployments/ in the path (quote() keeps dots); `` is none.
-        return None if deployment in _NOT_DEPLOYMENT_NAMES else Target(self.backend, deployment)
+        return None if deployment in _NOT_DEPLOYMENT_NAMES else Target(self.default_backend, deployment)
 
     def allows_deployment(self, deployment: str) -> bool:
         """Whether a request naming the deployment itself (Azure form) may be sent on."""

@@ -39,8 +39,8 @@ def start_emulator_for(settings: Settings, env: dict[str, str], stack: Stack) ->
     emulated = emulated_settings(settings, endpoint)
     key = emulated.azure.resolved_api_key() or EMULATOR_KEY
     argv = [sys.executable, "-m", "extproc.emulator", "--host", "127.0.0.1", "--port", str(port), "--api-key", key]
-    for name in sorted(set(settings.models.values())):
-        argv += ["--deployment", f"{name}={name}"]
+    for name in sorted(set(settings.models.values())):  # beside the emulator's own deployments
+        argv += ["--add-deployment", f"{name}={name}"]
     stack.start("emulator", argv, env)
     stack.wait_until(lambda: port_open(port), "the Azure OpenAI emulator")
     print(EMULATOR_NOTE.format(endpoint=endpoint), flush=True)
@@ -56,5 +56,8 @@ def start_emulator_for(settings: Settings, env: dict[str, str], stack: Stack) ->
 def _listed_deployments(endpoint: str, key: str) -> list[str]:
     """The deployments the resource lists on its v1 surface (what v1 clients pass as `model`)."""
     request = urllib.request.Request(f"{endpoint}/openai/v1/models", headers={"api-key": key})
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own loopback emulator
-        return [entry["id"] for entry in json.load(response)["data"]]
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own loopback emulator
+            return [entry["id"] for entry in json.load(response)["data"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # URLError and HTTPError are OSErrors
+        raise RuntimeError(f"the emulator at {endpoint} did not list its deployments: {exc}") from None

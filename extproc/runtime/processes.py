@@ -8,6 +8,11 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+# How long the supervisor gives its workers to stop before SIGKILL; whoever stops the supervisor
+# (`up`) must wait longer than this, or the supervisor dies before it kills a hung worker. Here, in a
+# light module, so `up`'s own process does not load gRPC to know it.
+WORKER_STOP_TIMEOUT_S = 10.0
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -21,14 +21,11 @@ from multiprocessing.process import BaseProcess
 
 from ..config import Settings
 from ..rpc.health import is_serving
+from .processes import WORKER_STOP_TIMEOUT_S
 from .sockets import SocketInUseError, prepare_socket
 from .worker import run_worker
 
 log = logging.getLogger(__name__)
-
-# How long the supervisor gives its workers to stop before SIGKILL; whoever stops the supervisor
-# (`up`) must wait longer than this, or the supervisor dies before it kills a hung worker.
-WORKER_STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -167,8 +164,6 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: supervisor.stop())
     return supervisor.run()
-
-
 
 
 def check_health(settings: Settings, timeout_s: float = 2.0) -> int:

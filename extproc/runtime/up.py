@@ -18,9 +18,8 @@ from typing import Callable, TextIO
 from .. import envoy_config
 from ..config import CONFIG_PATH_ENV, ConfigError, Settings
 from .demo import start_emulator_for
-from .processes import http_ok, wait_until
+from .processes import WORKER_STOP_TIMEOUT_S, http_ok, wait_until
 from .sockets import socket_in_use
-from .supervisor import WORKER_STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0

@@ -28,8 +28,8 @@ from .sockets import prepare_socket
 
 log = logging.getLogger(__name__)
 RUNTIME_ENV = "AOAI_GATEWAY_EXTPROC_RUNTIME"
-PROCESS_METHOD = b"/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 PROCESS_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+PROCESS_METHOD = f"/{PROCESS_SERVICE}/Process".encode()
 CREDENTIAL_REFRESH_S = 2.0  # how often changed key files are re-read
 
 
@@ -72,7 +72,10 @@ def _keep_credentials_fresh(gateway: Gateway) -> None:
         while True:
             await asyncio.sleep(CREDENTIAL_REFRESH_S)
             for credential in credentials:
-                credential.refresh()
+                try:
+                    credential.refresh()
+                except Exception:  # never stop rotating because one read went wrong
+                    log.exception("refreshing a credential failed; trying again in %.0f s", CREDENTIAL_REFRESH_S)
 
     task = asyncio.get_running_loop().create_task(refresh())
     _background.add(task)

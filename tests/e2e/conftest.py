@@ -128,7 +128,8 @@ def start_gateway(directory: Path, azure_url: str | None, ca_file: Path | None, 
                   env: dict[str, str] | None = None, **sections: str) -> Gateway:
     """`python -m extproc up`; without `azure_url` it runs its own emulator. `env` adds variables
     (the caller's own AZURE_* and AOAI_GATEWAY_* are not inherited)."""
-    config = write_config(directory, **sections) if azure_url else write_config(directory, models="{}", unmapped_models="passthrough")
+    config = write_config(directory, **sections) if azure_url else write_config(
+        directory, **{"models": "{}", "unmapped_models": "passthrough", **sections})
     parsed = yaml.safe_load(config.read_text())
     extra_env = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "AOAI_GATEWAY_"))}

@@ -43,3 +43,15 @@ def test_up_without_an_endpoint_answers_openais_model_names(tmp_path: Path) -> N
         assert client.images.generate(model="dall-e-2", prompt="a cat", n=1).data
     finally:
         stop_gateway(gateway)
+
+
+def test_up_without_an_endpoint_but_with_a_model_map_keeps_the_emulators_deployments(tmp_path: Path) -> None:
+    """The mapped deployments are added to the emulator's; names outside the map still pass through."""
+    gateway = start_gateway(tmp_path, azure_url=None, ca_file=None, models="{my-model: custom-deployment}")
+    try:
+        client = OpenAI(base_url=gateway.http_url + "/v1", api_key="anything", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["my-model"]
+        assert client.chat.completions.create(model="my-model", messages=[{"role": "user", "content": "x"}]).choices
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]).choices
+    finally:
+        stop_gateway(gateway)

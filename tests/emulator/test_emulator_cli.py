@@ -46,3 +46,12 @@ def test_cli_arguments_map_to_settings() -> None:
     assert dict(settings.deployments) == {"x": "gpt-4o"}
     assert settings.default_chunk_interval_s == 0.025
     assert settings.ssl_context is None
+
+
+def test_added_deployments_keep_the_default_set() -> None:
+    from extproc.emulator import DEFAULT_DEPLOYMENTS
+
+    settings = settings_from_args(_parser().parse_args(["--add-deployment", "custom=gpt-4o"]))
+    assert settings.deployments == {**DEFAULT_DEPLOYMENTS, "custom": "gpt-4o"}
+    settings = settings_from_args(_parser().parse_args(["--deployment", "x=gpt-4o", "--add-deployment", "y=tts"]))
+    assert dict(settings.deployments) == {"x": "gpt-4o", "y": "tts"}

@@ -14,7 +14,7 @@ import pytest
 from openai import AsyncAzureOpenAI
 
 from extproc.emulator import RunningEmulator
-from extproc.emulator.catalog import Capability, model_info
+from extproc.emulator.model_capabilities import Capability, model_info
 
 from .conftest import wav_bytes
 

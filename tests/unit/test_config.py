@@ -146,10 +146,18 @@ def test_config_without_an_endpoint_shows_what_up_runs(capsys: pytest.CaptureFix
     shown = json.loads(capsys.readouterr().out)
     assert "emulator" in shown["effective"]["upstream"]
     assert "emulator-key" in shown["effective"]["api_key_source"] and "forwarded" not in shown["effective"]["api_key_source"]
-    assert shown["azure"]["api_key"] == "<redacted>" and "emulator" in shown["models"]
+    assert shown["azure"]["api_key"] == "<redacted>" and "emulator" in shown["effective"]["models"]
+    assert shown["models"] == {} and shown["azure"]["endpoint"].startswith("http://127.0.0.1:")
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "mine")
     monkeypatch.setenv("AZURE_OPENAI_MODEL_MAPPER", "gpt-4o=gpt-4o")
     assert main(["config"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["effective"]["api_key_source"].startswith("azure.api_key") and shown["models"] == {"gpt-4o": "gpt-4o"}
+    assert "models" not in shown["effective"]
     assert "mine" not in json.dumps(shown)
+
+
+def test_an_empty_api_key_is_refused_not_taken_for_no_key(tmp_path: Path) -> None:
+    """Fail closed: `api_key: ""` must not quietly mean "forward each client's own key"."""
+    with pytest.raises(ConfigError, match="azure.api_key.*empty"):
+        load_settings(write(tmp_path, "azure: {api_key: '  '}"), env={})

@@ -1,4 +1,4 @@
-"""extproc/h2server.py against grpcio's own client (a second, independent HTTP/2 + gRPC stack):
+"""extproc/rpc/h2server.py against grpcio's own client (a second, independent HTTP/2 + gRPC stack):
 flow control both ways, many streams at once, errors as gRPC statuses, and the HPACK cache."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from extproc.config import load_settings
 from extproc.rpc.h2server import GrpcServer, _leaves_table_alone
 from extproc.runtime.worker import start_server
 
-from .test_service import body, headers, set_headers
+from .test_processor import body, headers, set_headers
 
 BIG = 8 * 1024 * 1024  # far beyond every initial HTTP/2 window (64 KiB)
 

@@ -1,5 +1,5 @@
-"""The ext_proc servicer over a real in-process gRPC channel (Unix socket), as Envoy drives it; on
-both runtimes (extproc/h2server.py, the default, and grpcio's asyncio server, the fallback)."""
+"""The ext_proc processor (extproc/processor/) over a real in-process gRPC channel (Unix socket), as Envoy drives it; on
+both runtimes (extproc/rpc/h2server.py, the default, and grpcio's asyncio server, the fallback)."""
 
 from __future__ import annotations
 

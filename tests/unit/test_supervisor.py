@@ -1,4 +1,4 @@
-"""extproc/server.py: the worker supervisor (a dead worker is started again, a crash loop ends the
+"""extproc/runtime/supervisor.py and sockets.py: the worker supervisor (a dead worker is started again, a crash loop ends the
 service) and the socket files (a stale one is removed, a live one is never taken over)."""
 
 from __future__ import annotations
