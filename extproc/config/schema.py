@@ -22,7 +22,7 @@ from pydantic import (
 
 from ..auth.upstream import CredentialError, read_key_file
 from ..core.catalogue import ENDPOINT_NAMES, MIN_API_VERSION_BY_ENDPOINT
-from ..routing import DEFAULT_BACKEND, UnmappedModelPolicy
+from ..routing import DEFAULT_BACKEND, UnmappedModelPolicy, is_deployment_name
 
 DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # Azure's audio limit is 25 MB; multipart adds a little
@@ -170,8 +170,9 @@ class Settings(_Strict):
         for model, deployment in value.items():
             if not model.strip() or not deployment.strip():
                 raise ValueError(f"model and deployment names must not be empty (got {model!r}: {deployment!r})")
-            if deployment in (".", ".."):
-                raise ValueError(f"{deployment!r} is not a deployment name (model {model!r})")
+            if not is_deployment_name(deployment):
+                raise ValueError(f"{deployment!r} (model {model!r}) is not a deployment name Azure allows: 1-64 letters, "
+                                 "digits, '-', '_' and '.', not starting or ending with '.'")
         return value
 
     @field_validator("endpoints")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from . import errors
 from .decision import Reply
-from .jsonbody import InvalidJson, kind_of, names_more_than_once, parse_json
-from .multipart import DuplicateFieldError, FormField, MultipartError, boundary_of, find_field, is_multipart
+from .jsonbody import InvalidJson, TooManyMembers, kind_of, names_more_than_once, parse_json
+from .multipart import DuplicateFieldError, FormField, MultipartError, TooManyParts, boundary_of, find_field, is_multipart
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +35,21 @@ def read_model(
         return errors.INVALID_MULTIPART
     try:
         document = parse_json(body)
+    except TooManyMembers:
+        return errors.TOO_MANY_MEMBERS
     except InvalidJson:
         return errors.INVALID_JSON
     if not isinstance(document, dict):
         return errors.body_not_object(kind_of(document)) if require_object else BodyModel(None)
     # Several `model`s: parsers differ on which counts, so the one checked here might not be
     # the one Azure reads (v1 surface, responses). Refused everywhere, for one rule.
-    if names_more_than_once(body, document, "model"):
-        return errors.DUPLICATE_MODEL
+    try:
+        if names_more_than_once(body, document, "model"):
+            return errors.DUPLICATE_MODEL
+    except TooManyMembers:
+        return errors.TOO_MANY_MEMBERS
+    except InvalidJson:  # parsed, yet not walkable: not expected; never forward what was not checked
+        return errors.INVALID_JSON
     return BodyModel(document.get("model"), document=document)
 
 
@@ -54,18 +61,26 @@ def _multipart_model(body: bytes, content_type: str) -> BodyModel | Reply:
         field = find_field(body, boundary, "model")
     except DuplicateFieldError:
         return errors.DUPLICATE_MODEL
+    except TooManyParts:
+        return errors.TOO_MANY_PARTS
     except MultipartError:
         return errors.INVALID_MULTIPART
     return BodyModel(field.value if field is not None else None, field=field)
 
 
+MAX_MODEL_LENGTH = 256
+
+
 def model_name(found: BodyModel) -> str | Reply:
-    """The model a request to a deployment must name: a non-empty string of valid Unicode."""
+    """The model a request to a deployment must name: a non-empty string of valid Unicode, of a
+    length a name can have (a 60 KiB model would not fit in a request line)."""
     model = found.value
     if model is None or model == "":
         return errors.MISSING_MODEL
     if not isinstance(model, str):
         return errors.MODEL_NOT_STRING
+    if len(model) > MAX_MODEL_LENGTH:
+        return errors.MODEL_TOO_LONG
     if not model.isascii() and not _is_text(model):
         return errors.MODEL_NOT_TEXT
     return model

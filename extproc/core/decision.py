@@ -18,6 +18,7 @@ class RequestHead:
     authorization: str = ""
     api_key: str = ""
     has_body: bool = False
+    content_length: int = -1  # the declared Content-Length; -1 when none (HTTP/2 may omit it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,7 +95,7 @@ def invalid_url(method: str, path: str) -> Reply:
     """OpenAI's own answer to an unknown path or method."""
     if method == "CONNECT":
         return CONNECT_REFUSED
-    return error(404, f"Invalid URL ({method} {path})")
+    return error(404, f"Invalid URL ({_shown(method)} {_shown(path)})")
 
 
 # A client configured with this gateway as its HTTPS_PROXY: say so instead of `Invalid URL (CONNECT )`.
@@ -104,6 +104,44 @@ CONNECT_REFUSED = error(
     "This gateway is not a forward proxy: CONNECT is not supported. Point the client's base URL at it "
     "instead (OPENAI_BASE_URL=http://HOST:PORT/v1) rather than setting HTTPS_PROXY.",
 )
+
+
+MAX_SHOWN = 256  # a name echoed in an error is cut here: errors (and logs) stay small
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= MAX_SHOWN else name[:MAX_SHOWN] + "…"
+
+
+MODEL_TOO_LONG = error(400, "The `model` parameter is too long (over 256 characters).", param="model")
+TOO_MANY_MEMBERS = error(
+    400, "The request body is too large a structure to check: over 1,000 top-level members, 1,000,000 items, or "
+    "200,000 nested arrays and objects.")
+TOO_MANY_PARTS = error(400, "The multipart/form-data body has too many parts.")
+
+
+def not_a_deployment_name(model: str) -> Reply:
+    """A model whose deployment name (passthrough, strip_dots) Azure could not have: as good as unknown."""
+    return error(
+        404,
+        f"The model `{_shown(model)}` does not name an Azure deployment: deployment names are 1-64 letters, "
+        "digits, `-`, `_` and `.`.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def method_not_allowed(method: str, path: str) -> Reply:
+    return error(405, f"Method {_shown(method)} is not allowed on {_shown(path)}: use GET, POST or DELETE.")
+
+
+def request_too_large(length: int, limit: int) -> Reply:
+    return error(
+        413,
+        f"The request body ({length} bytes) is larger than this proxy's limit of {limit} bytes "
+        "(limits.max_request_body_bytes).",
+        code="request_too_large",
+    )
 
 
 def body_not_object(kind: str) -> Reply:
@@ -125,7 +163,7 @@ def _not_found(what: str, name: str, known_label: str, known: tuple[str, ...]) -
     names = ", ".join(known) if known else "none are configured"
     return error(
         404,
-        f"The {what} `{name}` does not exist or you do not have access to it. "
+        f"The {what} `{_shown(name)}` does not exist or you do not have access to it. "
         f"{known_label} known to this proxy: {names}.",
         param="model",
         code="model_not_found",

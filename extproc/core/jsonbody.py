@@ -36,11 +36,30 @@ class DuplicateMember(InvalidJson):
     """A top-level member is given more than once (errors.DUPLICATE_MODEL says why that matters)."""
 
 
+class TooManyMembers(InvalidJson):
+    """More top-level members (or brackets to step over) than any API request has: refused before
+    the walk costs much."""
+
+
+# OpenAI's request bodies have a few dozen top-level members and far fewer brackets than this: the
+# bounds on what walking one may cost (~0.1 s at most), whatever its shape.
+MAX_TOP_LEVEL_MEMBERS = 1000
+MAX_WALK_STEPS = 200_000
+# Items (numbers, strings, members) a body may have, counted by its commas before any parser builds
+# them: materialising millions of tiny values costs a worker a second. OpenAI's largest bodies
+# (embeddings: 300,000 tokens per request as token arrays) stay well below it.
+MAX_ITEMS = 1_000_000
+
+
 def parse_json(body: bytes) -> object:
     """orjson, the fast path; Python's json for what orjson refuses yet is JSON all the same
     (integers beyond 64 bits, lone surrogate escapes, a leading BOM, UTF-16/32, NaN): a body stdlib
     json reads is not the gateway's to refuse. Big integers come back from orjson as floats: fine,
-    the core reads only `model`, and rewrites splice the client's bytes (replace_top_level_string)."""
+    the core reads only `model`, and rewrites splice the client's bytes (replace_top_level_string).
+
+    Raises TooManyMembers for a body of more than MAX_ITEMS items (a body shorter than that can't be)."""
+    if len(body) > MAX_ITEMS and body.count(b",") > MAX_ITEMS:
+        raise TooManyMembers(f"over {MAX_ITEMS} items")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -69,6 +88,8 @@ def names_more_than_once(body: bytes, document: dict[str, object], key: str) -> 
     The walk (count_top_level) runs only when the body could hide a second member: UTF-8 with no
     `\\u` escape shows every member name as written, so one quoted `key` at most means one member.
     """
+    if len(document) > MAX_TOP_LEVEL_MEMBERS:
+        raise TooManyMembers(f"{len(document)} top-level members")
     if any(name != key and name.lower() == key for name in document):
         return True
     if b"\x00" not in body and b"\\u" not in body and body.count(b'"' + key.encode() + b'"') <= 1:
@@ -105,6 +126,8 @@ def _spans(body: bytes, key: str) -> tuple[bytes, bytes, list[tuple[int, int]], 
         if codec != "utf-8":  # UTF-16/32 (rare): walk the same text in UTF-8, offsets map back exactly
             utf8 = utf8.decode(codec, "surrogatepass").encode("utf-8", "surrogatepass")
         return bom, utf8, _top_level_spans(utf8, key), codec
+    except TooManyMembers:
+        raise
     except (ValueError, IndexError, AttributeError) as exc:  # the parsers accepted it: not expected
         raise InvalidJson(str(exc)) from exc
 
@@ -122,44 +145,37 @@ def _skeleton(text: bytes) -> bytes:
 _BRACES_TO_BRACKETS = bytes.maketrans(b"{}", b"[]")
 
 
-def _container_end(s: bytes, i: int) -> int:
-    """The end of the array or object starting at s[i] (`s` a skeleton): one step per string and per
-    bracket outside strings; the scanning in between is bytes.find's."""
-    find = s.find
+def _container_end(s: bytes, i: int, budget: list[int]) -> int:
+    """The end of the array or object starting at s[i] (`s` a skeleton). One step per bracket: whether
+    a bracket is inside a string is the parity of the quotes before it (counted by bytes.count), so
+    strings without brackets cost no step. `budget` (one count for the whole walk) bounds the steps."""
+    find, count = s.find, s.count
     size = len(s)
-    opening, closing, quote = find(b"[", i), find(b"]", i), find(b'"', i)
-    opening = size if opening < 0 else opening
-    closing = size if closing < 0 else closing
-    quote = size if quote < 0 else quote
     depth = 0
+    pos = i  # always outside a string here: after a structural bracket or a string's closing quote
     while True:
-        if quote < opening and quote < closing:
-            end = find(b'"', quote + 1)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise TooManyMembers(f"over {MAX_WALK_STEPS} brackets to step over")
+        opening, closing = find(b"[", pos), find(b"]", pos)
+        opening = size if opening < 0 else opening
+        closing = size if closing < 0 else closing
+        bracket = min(opening, closing)
+        if bracket == size:
+            raise ValueError("unbalanced brackets")
+        if count(b'"', pos, bracket) % 2:  # inside a string: go on after its closing quote
+            end = find(b'"', bracket + 1)
             if end < 0:
                 raise ValueError("unterminated string")
-            if opening < end:  # brackets seen inside the string are not structure
-                opening = find(b"[", end)
-                opening = size if opening < 0 else opening
-            if closing < end:
-                closing = find(b"]", end)
-                closing = size if closing < 0 else closing
-            quote = find(b'"', end + 1)
-            quote = size if quote < 0 else quote
-        elif opening < closing:
-            depth += 1
-            opening = find(b"[", opening + 1)
-            opening = size if opening < 0 else opening
-        elif closing < size:
-            depth -= 1
-            if depth == 0:
-                return closing + 1
-            closing = find(b"]", closing + 1)
-            closing = size if closing < 0 else closing
-        else:
-            raise ValueError("unbalanced brackets")
+            pos = end + 1
+            continue
+        depth += 1 if bracket == opening else -1
+        if depth == 0:
+            return bracket + 1
+        pos = bracket + 1
 
 
-def _value_end(s: bytes, i: int) -> int:
+def _value_end(s: bytes, i: int, budget: list[int]) -> int:
     first = s[i : i + 1]
     if first == b'"':
         end = s.find(b'"', i + 1)
@@ -167,7 +183,7 @@ def _value_end(s: bytes, i: int) -> int:
             raise ValueError("unterminated string")
         return end + 1
     if first == b"[":  # `{` too, in a skeleton
-        return _container_end(s, i)
+        return _container_end(s, i, budget)
     return _SCALAR.match(s, i).end()  # type: ignore[union-attr]
 
 
@@ -176,6 +192,8 @@ def _top_level_spans(text: bytes, key: str) -> list[tuple[int, int]]:
     parser accepted), in order. Values are skipped, not parsed; only member names are decoded
     (`"mod\\u0065l"` is `model` to every parser). Nested `model`s never match."""
     spans: list[tuple[int, int]] = []
+    members = 0
+    budget = [MAX_WALK_STEPS]
     s = _skeleton(text)  # for skipping; names are decoded from `text`, at the same offsets
     i = _WHITESPACE.match(s).end()  # type: ignore[union-attr]
     if text[i : i + 1] != b"{":
@@ -184,15 +202,18 @@ def _top_level_spans(text: bytes, key: str) -> list[tuple[int, int]]:
     if text[i : i + 1] == b"}":
         return spans
     while True:
+        members += 1
+        if members > MAX_TOP_LEVEL_MEMBERS:  # names repeated with escapes: a small dict, a long walk
+            raise TooManyMembers(f"over {MAX_TOP_LEVEL_MEMBERS} top-level members")
         if s[i : i + 1] != b'"':
             raise ValueError("expected a member name")
-        end = _value_end(s, i)
+        end = _value_end(s, i, budget)
         name = scanstring(text[i + 1 : end].decode("utf-8", "surrogatepass"), 0)[0]
         i = _WHITESPACE.match(s, end).end()  # type: ignore[union-attr]
         if s[i : i + 1] != b":":
             raise ValueError("expected ':'")
         start = _WHITESPACE.match(s, i + 1).end()  # type: ignore[union-attr]
-        end = _value_end(s, start)
+        end = _value_end(s, start, budget)
         if name == key:
             spans.append((start, end))
         i = _WHITESPACE.match(s, end).end()  # type: ignore[union-attr]

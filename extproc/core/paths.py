@@ -6,10 +6,45 @@ from typing import Callable
 from urllib.parse import quote, unquote
 
 
-def _is_api_version(param: str) -> bool:
+import re
+
+# Query parameters that carry a credential somewhere (Azure's realtime `api-key`, API Management's
+# `subscription-key`, ...): never sent upstream (the gateway sets its own credential), never logged.
+CREDENTIAL_PARAMS = frozenset({
+    "api-key", "api_key", "apikey", "key", "subscription-key", "subscription_key", "ocp-apim-subscription-key",
+    "access_token", "access-token", "token", "code", "sig",
+})
+# Azure-form path segments: what Azure's own paths are made of (deployment names, ids, operations).
+_SEGMENT = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?")
+
+
+def _param_name(param: str) -> str:
     # Compared decoded and case-insensitively: Azure (ASP.NET) reads query keys that way, so
     # `API-Version=x` next to ours would be a second, conflicting api-version.
-    return unquote(param.partition("=")[0]).lower() == "api-version"
+    return unquote(param.partition("=")[0]).strip().lower()
+
+
+def _is_api_version(param: str) -> bool:
+    return _param_name(param) == "api-version"
+
+
+def _dropped(param: str) -> bool:
+    """An api-version (the gateway sets its own) or a credential."""
+    name = _param_name(param)
+    return name == "api-version" or name in CREDENTIAL_PARAMS
+
+
+def without_credentials(raw_query: str) -> str:
+    """The client's query (`a=1&b=2`, no `?`) without credential parameters, else untouched."""
+    kept = [p for p in raw_query.split("&") if p and _param_name(p) not in CREDENTIAL_PARAMS]
+    return "&".join(kept)
+
+
+def azure_form_segments_ok(path: str) -> bool:
+    """Whether every segment after `/openai/` is one Azure's paths are made of: letters, digits, `-`,
+    `_` and inner dots. Refuses `deployments.`, `deployments;x=1`, `%20`, empty segments, controls:
+    what one reader could take for a segment that another reads differently."""
+    return all(_SEGMENT.fullmatch(segment) for segment in path[len("/openai/") :].split("/"))
 
 
 def has_api_version(raw_query: str) -> bool:
@@ -28,7 +63,7 @@ def query_merger(api_version: str | None) -> QueryMerger:
     def merge(raw_query: str) -> str:
         if not raw_query:
             return alone  # the common case: no client query at all
-        kept = [p for p in raw_query.split("&") if p and not _is_api_version(p)]
+        kept = [p for p in raw_query.split("&") if p and not _dropped(p)]
         if tail is not None:
             kept.append(tail)
         return "?" + "&".join(kept) if kept else ""
@@ -38,7 +73,7 @@ def query_merger(api_version: str | None) -> QueryMerger:
 
 def merge_query(raw_query: str, api_version: str | None) -> str:
     """The client's query parameters, untouched and in order, with api-version set exactly once (or
-    removed): the client's own api-version, in any case or encoding, is dropped."""
+    removed): the client's own api-version, in any case or encoding, is dropped, as are credentials."""
     return query_merger(api_version)(raw_query)
 
 

@@ -24,9 +24,10 @@ from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, 
 from .gateway import Gateway
 from .jsonbody import InvalidJson, replace_top_level_string
 from .multipart import is_multipart, replace_field
-from .paths import escapes_its_prefix, has_api_version
+from .paths import azure_form_segments_ok, escapes_its_prefix, has_api_version, without_credentials
 from .routes import AZURE_DEPLOYMENTS_PREFIX, BodyRoute, ResourceRoute
 
+AZURE_METHODS = frozenset({"GET", "POST", "DELETE"})  # what Azure's data-plane API uses (OPTIONS: CORS, later)
 _Family = Callable[[RequestHead, str, str], HeadersDecision]  # (head, path, query) -> decision
 
 
@@ -34,6 +35,7 @@ class Translator:
     def __init__(self, gateway: Gateway) -> None:
         self._models = gateway.models
         self._routes = gateway.routes
+        self._max_body = gateway.limits.max_request_body_bytes
         self._body_routes = gateway.routes.body_routes
         self._models_endpoint = gateway.models_endpoint
         # (bare path or None, prefix, handler): the first the path equals or starts with.
@@ -64,9 +66,17 @@ class Translator:
 
     # --- endpoints whose model is in the body ---------------------------------------------------
 
+    def _too_large(self, head: RequestHead) -> Reply | None:
+        """A declared body over the limit is refused at once, not after waiting for it (413)."""
+        if head.content_length > self._max_body:
+            return errors.request_too_large(head.content_length, self._max_body)
+        return None
+
     def _model_in_body(self, head: RequestHead, route: BodyRoute, query: str) -> HeadersDecision:
         if head.method != "POST":
             return errors.invalid_url(head.method, head.path.partition("?")[0])
+        if (too_large := self._too_large(head)) is not None:
+            return too_large
         # The default backend's credential is checked before the body is read (a 401 needs no body);
         # a model served elsewhere gets its own backend's (_on_body).
         credential = self._credential(head, self._models.default_backend)
@@ -83,7 +93,9 @@ class Translator:
             return model
         target = self._models.target_for(model)
         if target is None:
-            return errors.model_not_found(model, self._models.known_models)
+            if self._models.rejects_unknown:
+                return errors.model_not_found(model, self._models.known_models)
+            return errors.not_a_deployment_name(model)
         if target.backend is not self._models.default_backend:
             credential = self._credential(head, target.backend)
             if isinstance(credential, Reply):
@@ -120,13 +132,16 @@ class Translator:
         """Requests already in Azure form pass through; a missing api-version gets the default.
         `unmapped_models: reject` holds for them too: the deployment they name, in the path or (v1
         surface, responses, assistants...) in the body's model, must be a mapped one."""
+        if head.method not in AZURE_METHODS:
+            return errors.method_not_allowed(head.method, path)
         backend = self._models.default_backend
         credential = self._credential(head, backend)
         if isinstance(credential, Reply):
             return credential
-        if escapes_its_prefix(path):
+        if escapes_its_prefix(path) or not azure_form_segments_ok(path):
             return errors.invalid_url(head.method, path)
         if path.startswith("/openai/v1/") or has_api_version(query):
+            query = without_credentials(query) if query else query
             azure_path = path + ("?" + query if query else "")
         else:
             azure_path = path + self._routes.azure_form_query(query)
@@ -149,6 +164,8 @@ class Translator:
         uploads (they stream unread, may exceed the body limit, name no model)."""
         if head.method != "POST" or not head.has_body or forward.path.startswith(AZURE_UPLOAD_PREFIXES):
             return forward
+        if (too_large := self._too_large(head)) is not None:
+            return too_large
         content_type = head.content_type
         return AwaitBody(lambda body: self._check_named_deployments(forward, content_type, body))
 

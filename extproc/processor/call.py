@@ -28,8 +28,11 @@ from .messages import CONTINUE_BYTES, body_forward_response, headers_forward_res
 
 log = logging.getLogger(__name__)
 
-# Serialized forwards kept for reuse: the deployments x phases in use, a handful in practice.
+# Serialized forwards kept for reuse: the deployments x phases in use, a handful in practice. Only
+# answers up to FORWARD_CACHE_ENTRY_BYTES are kept, so the cache holds at most ~1 MiB whatever the
+# requests (long paths and queries are answered uncached).
 FORWARD_CACHE_SIZE = 1024
+FORWARD_CACHE_ENTRY_BYTES = 1024
 
 
 class ForwardCache:
@@ -50,9 +53,11 @@ class ForwardCache:
         key = (headers_phase, has_body, forward)
         found = self._entries.get(key)
         if found is None:
-            if len(self._entries) >= self._size:
-                self._entries.clear()
-            found = self._entries[key] = _serialize(forward, headers_phase, has_body)
+            found = _serialize(forward, headers_phase, has_body)
+            if len(found) <= FORWARD_CACHE_ENTRY_BYTES:
+                if len(self._entries) >= self._size:
+                    self._entries.clear()
+                self._entries[key] = found
         return found
 
 

@@ -49,6 +49,7 @@ def _decode(value: bytes) -> str:
 def request_head(headers: pb.HttpHeaders) -> RequestHead:
     """Pick the few headers the core reads, in one pass."""
     method = path = content_type = authorization = api_key = ""
+    content_length = -1
     for header in headers.headers.headers:
         key = header.key
         if key == ":path":
@@ -61,7 +62,9 @@ def request_head(headers: pb.HttpHeaders) -> RequestHead:
             authorization = _decode(header.raw_value)
         elif key == "api-key":
             api_key = _decode(header.raw_value)
-    return RequestHead(method, path, content_type, authorization, api_key, has_body=not headers.end_of_stream)
+        elif key == "content-length" and header.raw_value.isdigit():  # Envoy has checked it is one number
+            content_length = int(header.raw_value)
+    return RequestHead(method, path, content_type, authorization, api_key, not headers.end_of_stream, content_length)
 
 
 def _header(key: str, value: str) -> HeaderValueOption:

@@ -5,6 +5,7 @@ circuit breaker will live here. Pure: no I/O; compiled once per worker (extproc/
 """
 
 from .backends import DEFAULT_BACKEND, Backend, cluster_name
-from .models import ModelMapper, Target, UnmappedModelPolicy
+from .models import ModelMapper, Target, UnmappedModelPolicy, is_deployment_name
 
-__all__ = ["DEFAULT_BACKEND", "Backend", "ModelMapper", "Target", "UnmappedModelPolicy", "cluster_name"]
+__all__ = ["DEFAULT_BACKEND", "Backend", "ModelMapper", "Target", "UnmappedModelPolicy", "cluster_name",
+           "is_deployment_name"]

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Mapping
 
 from .backends import Backend
 
-_NOT_DEPLOYMENT_NAMES = frozenset({"", ".", ".."})
+# What Azure allows as a deployment name: 1-64 letters, digits, `-`, `_` and `.`; here also not
+# starting or ending with `.` (a trailing dot may be dropped by the server, so `a.` could mean `a`).
+# Anything else (`/`, `%`, `..`, controls) is never sent: it could only address something else.
+DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?")
+
+
+def is_deployment_name(name: str) -> bool:
+    return DEPLOYMENT_NAME.fullmatch(name) is not None
 
 
 class UnmappedModelPolicy(str, Enum):
@@ -37,7 +45,8 @@ class ModelMapper:
         self.rejects_unknown = policy is UnmappedModelPolicy.REJECT
 
     def target_for(self, model: str) -> Target | None:
-        """Where to send a request for `model`, or None when the policy rejects an unmapped model."""
+        """Where to send a request for `model`; None when the policy rejects an unmapped model, or
+        when the name it makes (passthrough, strip_dots) is not a deployment name Azure allows."""
         target = self._targets.get(model)
         if target is not None:
             return target
@@ -47,8 +56,7 @@ class ModelMapper:
             deployment = model.replace(".", "").replace(":", "")
         else:
             return None
-        # `.` and `..` would leave /openai/deployments/ in the path (quote() keeps dots); `` is none.
-        return None if deployment in _NOT_DEPLOYMENT_NAMES else Target(self.default_backend, deployment)
+        return Target(self.default_backend, deployment) if is_deployment_name(deployment) else None
 
     def allows_deployment(self, deployment: str) -> bool:
         """Whether a request naming the deployment itself (Azure form) may be sent on."""

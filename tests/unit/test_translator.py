@@ -56,10 +56,21 @@ def test_the_body_is_never_echoed_on_the_classic_surface() -> None:
     assert isinstance(decision, Forward) and decision.body is None
 
 
-def test_deployment_names_are_url_escaped() -> None:
-    translator = make({"AZURE_MODEL_MAP": '{"m": "my dep/ä?#"}'})
-    decision = post(translator, "/v1/chat/completions", chat("m"))
-    assert decision.path == "/openai/deployments/my%20dep%2F%C3%A4%3F%23/chat/completions?api-version=2024-10-21"
+def test_deployment_names_azure_cannot_have_are_never_sent() -> None:
+    """Azure's deployment names are 1-64 letters, digits, `-`, `_`, `.`: a name outside that (in the
+    map: a config error; from passthrough or strip_dots: a 404) could only address something else."""
+    with pytest.raises(ConfigError, match="not a deployment name"):
+        make({"AZURE_MODEL_MAP": '{"m": "my dep/ä?#"}'})
+    for policy in ("passthrough", "strip_dots"):
+        translator = make({"AOAI_GATEWAY_UNMAPPED_MODELS": policy})
+        dotted = (".hidden", "trailing.", "..", ".") if policy == "passthrough" else ("..", ".")  # strip_dots drops dots
+        for model in ("../../openai/deployments/secret-dep/chat/completions?", "a b", "a%2Fb", "x\\y", "tab\t",
+                      "ä", "a" * 65, *dotted):
+            reply = post(translator, "/v1/chat/completions", chat(model))
+            assert isinstance(reply, Reply) and reply.status == 404, (policy, model, reply)
+            assert error_of(reply)["param"] == "model" and error_of(reply)["code"] == "model_not_found"
+        assert post(translator, "/v1/chat/completions", chat("a" * 64)).path.startswith("/openai/deployments/" + "a" * 64)
+    assert post(make(), "/v1/chat/completions", chat("m" * 257)).status == 400  # too long to be any name
 
 
 def test_client_query_is_kept_and_api_version_set_once() -> None:
@@ -367,9 +378,11 @@ class TestExactRewrites:
             body = '{"model": "gpt-4o", "x": "é"}'.encode(encoding)
             assert self.rewrite(body).body == '{"model": "prod-4o", "x": "é"}'.encode(encoding), encoding
 
-    def test_a_non_ascii_deployment_is_escaped(self) -> None:
-        translator = make({"AZURE_MODEL_MAP": '{"m": "dép"}'}, endpoints=self.V1)
-        assert post(translator, "/v1/chat/completions", b'{"model":"m"}').body == b'{"model":"d\\u00e9p"}'
+    def test_a_non_ascii_value_is_escaped_in_the_splice(self) -> None:
+        # Deployment names are ASCII (a non-ASCII one is a config error); the splice escapes all the same.
+        from extproc.core.jsonbody import replace_top_level_string
+
+        assert replace_top_level_string(b'{"model":"m"}', "model", "dép") == b'{"model":"d\\u00e9p"}'
 
     def test_duplicate_model_is_400_when_rewriting(self) -> None:
         translator = make({"AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o"}'}, endpoints=self.V1)
@@ -455,7 +468,7 @@ class TestMultipartHeaders:
 
 
 class TestRejectPolicyInAzureForm:
-    ENV = {"AOAI_GATEWAY_UNMAPPED_MODELS": "reject", "AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o", "o3": "prod o3"}'}
+    ENV = {"AOAI_GATEWAY_UNMAPPED_MODELS": "reject", "AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o", "o3": "prod.o3"}'}
 
     def test_an_unknown_deployment_in_the_path_is_404(self) -> None:
         path = "/openai/deployments/other/chat/completions?api-version=2024-10-21"
@@ -463,13 +476,35 @@ class TestRejectPolicyInAzureForm:
         assert isinstance(reply, Reply) and reply.status == 404
         error = error_of(reply)
         assert error["code"] == "model_not_found" and "`other`" in error["message"]
-        assert "prod o3, prod-4o" in error["message"]
+        assert "prod-4o, prod.o3" in error["message"]
 
-    @pytest.mark.parametrize("deployment", ["prod-4o", "prod%2D4o", "prod%20o3"])
+    @pytest.mark.parametrize("deployment", ["prod-4o", "prod.o3"])
     def test_a_mapped_deployment_passes(self, deployment: str) -> None:
         path = f"/openai/deployments/{deployment}/chat/completions"
         decision = make(self.ENV).on_headers(RequestHead("POST", path, has_body=True))
         assert decision == Forward(path + "?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
+
+    @pytest.mark.parametrize("path", [
+        "/openai/deployments/prod%2D4o/chat/completions",  # encoded: a deployment name never needs it
+        "/openai/deployments./secret-dep/chat/completions",  # a trailing dot a server may drop
+        "/openai/deployments;x=1/secret-dep/chat/completions",
+        "/openai/deployments%20/secret-dep/chat/completions",
+        "/openai/deployments /secret-dep/chat/completions",
+        "/openai/deployments/secret-dep./chat/completions",
+        "/openai/deployments/prod-4o/chat/completions/",  # an empty segment
+        "/openai/deployments/prod-4o/chat/completions\x00",
+    ])
+    def test_paths_that_do_not_parse_into_azure_segments_are_refused(self, path: str) -> None:
+        for env in (self.ENV, {}):  # under every policy
+            reply = make(env).on_headers(RequestHead("POST", path, has_body=True))
+            assert isinstance(reply, Reply) and reply.status == 404, (path, reply)
+
+    @pytest.mark.parametrize("method", ["PUT", "PATCH", "TRACE", "OPTIONS", "PROPFIND", "post", "FOO", "HEAD"])
+    def test_only_azures_methods_are_forwarded(self, method: str) -> None:
+        for env in (self.ENV, {}):
+            reply = make(env).on_headers(RequestHead(method, "/openai/deployments/prod-4o/chat/completions"))
+            assert isinstance(reply, Reply) and reply.status == 405, (method, reply)
+            assert error_of(reply)["type"] == "invalid_request_error"
 
     def test_other_policies_pass_any_deployment(self) -> None:
         for policy in ("passthrough", "strip_dots"):
@@ -600,3 +635,72 @@ def test_model_replies_are_built_once() -> None:
     first = translator.on_headers(RequestHead("GET", "/v1/models/gpt-4o"))
     assert first is translator.on_headers(RequestHead("GET", "/v1/models/gpt-4o"))
     assert first is translator.on_headers(RequestHead("GET", "/v1/models/gpt%2D4o"))
+
+
+class TestBoundedCost:
+    """Whatever its shape, a body costs a bounded amount of work: past the bounds, a clear 400."""
+
+    def test_too_many_top_level_members(self) -> None:
+        distinct = b"{" + b",".join(b'"k%d":1' % i for i in range(1001)) + b',"model":"gpt-4o"}'
+        escaped = b'{' + b'"\\u0061":1,' * 1001 + b'"model":"gpt-4o"}'  # one dict entry, a long walk
+        for body in (distinct, escaped):
+            reply = post(make(), "/v1/chat/completions", body)
+            assert isinstance(reply, Reply) and reply.status == 400 and "too large a structure" in error_of(reply)["message"]
+        assert isinstance(post(make(), "/v1/chat/completions", b"{" + b'"k":1,' * 900 + b'"model":"gpt-4o"}'), Forward)
+
+    def test_too_many_items(self) -> None:
+        body = b'{"model":"gpt-4o","x":[' + b"1," * 1_000_001 + b"1]}"
+        reply = post(make(), "/v1/chat/completions", body)
+        assert isinstance(reply, Reply) and reply.status == 400
+        assert isinstance(post(make(), "/v1/chat/completions", b'{"model":"gpt-4o","x":[' + b"1," * 999_000 + b"1]}"),
+                          Forward)
+
+    def test_too_many_brackets_to_walk(self) -> None:
+        # Two `"model"` strings make the duplicate check walk the body; brackets inside strings cost steps.
+        body = b'{"model":"gpt-4o","x":["model",' + b'"[",' * 200_001 + b'"a"]}'
+        reply = post(make(), "/v1/chat/completions", body)
+        assert isinstance(reply, Reply) and reply.status == 400
+        fine = b'{"model":"gpt-4o","x":["model",' + b'"[",' * 1000 + b'"a"]}'
+        assert isinstance(post(make(), "/v1/chat/completions", fine), Forward)
+
+    def test_too_many_multipart_parts(self) -> None:
+        many = [(f"f{i}", b"x", None) for i in range(256)] + [("model", b"whisper-1", None)]
+        body, content_type = multipart(many)
+        reply = post(make(), "/v1/audio/transcriptions", body, content_type)
+        assert isinstance(reply, Reply) and reply.status == 400 and "too many parts" in error_of(reply)["message"]
+        body, content_type = multipart(many[-200:])
+        assert isinstance(post(make(), "/v1/audio/transcriptions", body, content_type), Forward)
+
+    def test_a_declared_length_over_the_limit_is_refused_at_once(self) -> None:
+        limit = 32 * 1024 * 1024
+        for path in ("/v1/chat/completions", "/v1/audio/transcriptions"):
+            reply = make().on_headers(RequestHead("POST", path, "application/json", has_body=True, content_length=limit + 1))
+            assert isinstance(reply, Reply) and reply.status == 413 and error_of(reply)["code"] == "request_too_large"
+        assert isinstance(make().on_headers(RequestHead("POST", "/v1/chat/completions", has_body=True,
+                                                        content_length=limit)), AwaitBody)
+        # Uploads that stream are not held to the body limit.
+        files = make().on_headers(RequestHead("POST", "/v1/files", "multipart/form-data; boundary=b", has_body=True,
+                                              content_length=limit * 4))
+        assert isinstance(files, Forward)
+
+
+def test_credential_query_parameters_never_go_upstream() -> None:
+    for path in ("/v1/chat/completions?api-key=leak&x=1&Subscription-Key=leak2&api%5Fkey=leak3",):
+        decision = post(make(), path, chat())
+        assert "leak" not in decision.path and "x=1" in decision.path
+    for path in ("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21&api-key=leak&code=leak2",
+                 "/openai/v1/chat/completions?api-key=leak", "/v1/files?API-KEY=leak&purpose=batch"):
+        decision = make().on_headers(RequestHead("GET" if "files" in path else "POST", path))
+        assert isinstance(decision, Forward) and "leak" not in decision.path, decision
+
+
+def test_the_answer_cache_holds_no_long_answers() -> None:
+    from extproc.processor.call import ForwardCache
+
+    cache = ForwardCache(enabled=True)
+    for i in range(100):
+        long_path = f"/openai/deployments/d/chat/completions?x={'a' * 100_000}{i}"
+        cache.get(Forward(long_path, SERVER_CREDENTIAL, "azure"), headers_phase=False)
+    assert not cache._entries
+    cache.get(Forward("/openai/deployments/d/chat/completions", SERVER_CREDENTIAL, "azure"), headers_phase=False)
+    assert len(cache._entries) == 1
