@@ -151,6 +151,8 @@ class ExtprocSettings(_Strict):
 
 class LimitSettings(_Strict):
     max_request_body_bytes: Annotated[int, Field(ge=64 * 1024, le=512 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
+    # A request whose body stops arriving (before the gateway has decided where it goes) gets a 408.
+    body_idle_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
 
 
 class Settings(_Strict):

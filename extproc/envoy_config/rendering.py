@@ -19,6 +19,9 @@ from ..config import BackendSettings, ConfigError, Settings
 from ..core.catalogue import streamed_prefixes
 from ..routing import DEFAULT_BACKEND, cluster_name
 
+# The routes a request takes before the ext_proc decides lead to this cluster, which is never defined:
+# Envoy answers 404 itself, so an undecided request cannot leave it.
+UNDECIDED_CLUSTER = "aoai_gateway_undecided"
 AZURE_FORM_PREFIX = "/openai"  # requests already in Azure form: decided from their headers
 TEMPLATE_ENV = "AOAI_GATEWAY_ENVOY_TEMPLATE"
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
@@ -88,15 +91,17 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         if port is None:
             continue
         listener["address"]["socket_address"].update(address=settings.listen.address, port_value=port)
-        listener["per_connection_buffer_limit_bytes"] = settings.limits.max_request_body_bytes
         idle = _seconds(settings.envoy.upstream_idle_timeout_seconds)
         for hcm in _connection_managers(listener):
             hcm["stream_idle_timeout"] = idle
             for vhost in hcm["route_config"]["virtual_hosts"]:
+                vhost["request_body_buffer_limit"] = settings.limits.max_request_body_bytes
                 _streamed_routes_from_catalogue(vhost["routes"])
+                body_idle = _seconds(settings.limits.body_idle_timeout_seconds)
                 for route in vhost["routes"]:
-                    if "route" in route:
-                        route["route"]["idle_timeout"] = idle
+                    # Undecided (the body is still arriving): a body that stops gets a 408 soon;
+                    # decided (waiting on or streaming from Azure): the long idle timeout.
+                    route["route"]["idle_timeout"] = body_idle if _undecided(route) else idle
         for http_filter in _http_filters(listener):
             if http_filter["name"] == "envoy.filters.http.ext_proc":
                 http_filter["typed_config"]["message_timeout"] = f"{settings.extproc.message_timeout_ms / 1000:g}s"
@@ -113,6 +118,8 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         listeners.append(listener)
     resources["listeners"] = listeners
 
+    if any(cluster.get("name") == UNDECIDED_CLUSTER for cluster in resources["clusters"]):
+        raise ConfigError(f"the Envoy template defines the cluster {UNDECIDED_CLUSTER!r}, which must not exist")
     extproc = _named(resources["clusters"], "extproc", "cluster")
     for health_check in extproc.get("health_checks", []):
         # A worker is not held to a stricter deadline than its requests are (message_timeout).
@@ -144,14 +151,18 @@ def _upstream_cluster(cluster: dict[str, Any], name: str, backend: BackendSettin
         cluster.pop("transport_socket", None)  # http:// endpoints: local emulators only
 
 
+def _undecided(route: dict[str, Any]) -> bool:
+    return route.get("route", {}).get("cluster") == UNDECIDED_CLUSTER
+
+
 def _streamed_routes_from_catalogue(routes: list[dict[str, Any]]) -> None:
     """Replace the template's streamed-upload routes (a local 404 whose per-route ext_proc mode reads
     no body) with one per streamed endpoint of the catalogue, plus the Azure-form paths; in place,
     where the template has them (the HTTPS listener shares this list with the HTTP one)."""
-    streamed = [i for i, route in enumerate(routes) if "direct_response" in route and "typed_per_filter_config" in route]
+    streamed = [i for i, route in enumerate(routes) if _undecided(route) and "typed_per_filter_config" in route]
     if not streamed:
-        raise ConfigError("the Envoy template has no route with a per-route ext_proc mode to stream uploads "
-                          "(a local 404 with typed_per_filter_config); uploads would be buffered")
+        raise ConfigError("the Envoy template has no undecided route with a per-route ext_proc mode to stream "
+                          "uploads; uploads would be buffered")
     first, model = streamed[0], routes[streamed[0]]
     generated = []
     for prefix in (*streamed_prefixes(), AZURE_FORM_PREFIX):

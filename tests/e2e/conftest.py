@@ -99,6 +99,7 @@ def write_config(directory: Path, **sections: str) -> Path:
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
     defaults = {
         "azure": f"{{api_version: '{API_VERSION}'}}",
+        "limits": f"{{max_request_body_bytes: {BODY_LIMIT}}}",
         "models": "{" + ", ".join(f"'{k}': '{v}'" for k, v in MODEL_MAP.items()) + "}",
         "unmapped_models": "reject",
         "extproc": "{workers: 1}",
@@ -107,7 +108,6 @@ def write_config(directory: Path, **sections: str) -> Path:
     lines = [
         f"listen: {{address: 127.0.0.1, http_port: {http_port}, https_port: {https_port}}}",
         f"envoy: {{admin_port: {admin_port}, concurrency: 1}}",
-        f"limits: {{max_request_body_bytes: {BODY_LIMIT}}}",
         f"state_dir: {directory / 'state'}",
         *(f"{key}: {value}" for key, value in sections.items()),
     ]

@@ -43,7 +43,11 @@ def test_rendered_default_config_is_valid_and_safe(tmp_path: Path, tls) -> None:
         assert ext_proc["failure_mode_allow"] is False
         assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
         assert ext_proc["processing_mode"]["response_header_mode"] == "SKIP"
-        assert listener["per_connection_buffer_limit_bytes"] == settings.limits.max_request_body_bytes
+        # The body limit is the virtual host's, on every protocol; Envoy's own buffers stay small.
+        (vhost,) = connection_manager(listener)["route_config"]["virtual_hosts"]
+        assert vhost["request_body_buffer_limit"] == settings.limits.max_request_body_bytes
+        assert listener["per_connection_buffer_limit_bytes"] == 1048576
+        assert connection_manager(listener)["http2_protocol_options"]["initial_stream_window_size"] == 1048576
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     pipes = [e["endpoint"]["address"]["pipe"]["path"] for e in clusters["extproc"]["load_assignment"]["endpoints"][0]["lb_endpoints"]]
     assert pipes == [str(p) for p in settings.socket_paths()] and len(pipes) == 3
@@ -72,7 +76,8 @@ def test_ports_limits_and_timeouts_come_from_settings(tmp_path: Path) -> None:
     config = envoy_config.render(settings, None)
     (listener,) = config["static_resources"]["listeners"]
     assert listener["name"] == "http" and listener["address"]["socket_address"]["port_value"] == 18080
-    assert listener["per_connection_buffer_limit_bytes"] == 1048576
+    (vhost,) = connection_manager(listener)["route_config"]["virtual_hosts"]
+    assert vhost["request_body_buffer_limit"] == 1048576
     assert ext_proc_filter(listener)["message_timeout"] == "0.75s"
     assert config["admin"]["address"]["socket_address"]["port_value"] == 19901
     assert compile_gateway(settings).limits.grpc_max_message_bytes > 1048576
@@ -139,15 +144,22 @@ def test_only_the_ext_procs_decision_reaches_an_upstream(tmp_path: Path, tls) ->
         (early,) = hcm["early_header_mutation_extensions"]
         assert early["typed_config"]["mutations"] == [{"remove": ROUTE_HEADER}]
         (vhost,) = hcm["route_config"]["virtual_hosts"]
-        upstream = [r for r in vhost["routes"] if "route" in r]
-        assert upstream and all(set(r) & {"route", "direct_response"} for r in vhost["routes"])
+        clusters = {c["name"] for c in config["static_resources"]["clusters"]}
+        # Every route leads to a cluster; those that exist are reached only with the ext_proc's header.
+        assert all("route" in r for r in vhost["routes"])
+        upstream = [r for r in vhost["routes"] if r["route"]["cluster"] in clusters]
+        assert upstream
         for route in upstream:
             assert route["route"]["cluster"] == AZURE_CLUSTER and "cluster_header" not in route["route"]
             assert route["match"]["headers"] == [{"name": ROUTE_HEADER, "string_match": {"exact": AZURE_CLUSTER}}]
             assert ROUTE_HEADER in route["request_headers_to_remove"]
             assert route["route"]["timeout"] == "0s"  # streams are not cut
-        # The first match happens before the ext_proc runs: whatever it left undecided ends in a 404.
-        assert vhost["routes"][-1] == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+        # The first match happens before the ext_proc runs: whatever it left undecided ends in a 404
+        # (its route names a cluster that does not exist).
+        undecided = [r for r in vhost["routes"] if r["route"]["cluster"] not in clusters]
+        assert {r["route"]["cluster"] for r in undecided} == {"aoai_gateway_undecided"}
+        assert all(r["route"]["cluster_not_found_response_code"] == "NOT_FOUND" for r in undecided)
+        assert vhost["routes"][-1]["match"] == {"prefix": "/"} and vhost["routes"][-1] in undecided
         assert {"path_separated_prefix": "/v1/files"} in [r["match"] for r in vhost["routes"]]
         assert ext_proc_filter(listener)["processing_mode"]["request_trailer_mode"] == "SEND"
         for route in vhost["routes"]:
@@ -166,7 +178,9 @@ def test_paths_credentials_and_errors_are_hardened(tmp_path: Path, tls) -> None:
         names = [f["name"] for f in hcm["http_filters"]]
         assert names == ["envoy.filters.http.ext_proc", "envoy.filters.http.header_mutation", "envoy.filters.http.router"]
         removed = [m["remove"] for m in hcm["http_filters"][1]["typed_config"]["mutations"]["request_mutations"]]
-        assert removed == ["authorization", "proxy-authorization", "cookie"]
+        assert removed == ["authorization", "proxy-authorization", "cookie", "x-api-key", "ocp-apim-subscription-key",
+                           "x-goog-api-key"]
+        assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "DROP_HEADER"
         # Envoy's own replies carry fixed messages: no response details, no Envoy text (upstream
         # addresses, reset reasons), except the ext_proc's own replies, kept as they are.
         mappers = hcm["local_reply_config"]["mappers"]
@@ -205,10 +219,15 @@ def test_streamed_routes_come_from_the_catalogue(tmp_path: Path, tls) -> None:
         for route in vhost["routes"]:
             per_route = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_proc")
             if per_route:
-                assert route["direct_response"] == {"status": 404}  # undecided: never upstream
+                # Undecided: a cluster that does not exist, so Envoy answers 404 itself.
+                assert route["route"]["cluster"] == "aoai_gateway_undecided"
+                assert route["route"]["cluster_not_found_response_code"] == "NOT_FOUND"
                 streamed[next(iter(route["match"].values()))] = per_route["overrides"]["processing_mode"]["request_body_mode"]
         tables.append(streamed)
         assert vhost["routes"][-1]["match"] == {"prefix": "/"} and "typed_per_filter_config" not in vhost["routes"][-1]
+        assert vhost["routes"][-1]["route"]["cluster"] == "aoai_gateway_undecided"
+    clusters = {c["name"] for c in config["static_resources"]["clusters"]}
+    assert "aoai_gateway_undecided" not in clusters
     expected = {op.openai_path: "NONE" for op in CATALOGUE if op.upload is Upload.STREAMED} | {"/openai": "NONE"}
     assert tables == [expected, expected]
     assert "/v1/responses/" in expected and "/v1/files" in expected
