@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    first_delay_s: float = 0.2  # doubled on each further exit of the same worker within the window
+    first_delay_s: float = 0.05  # doubled on each further exit of the same worker within the window
     max_delay_s: float = 5.0
     crash_limit: int = 5  # more unexpected exits than this of one worker within the window: give up
     window_s: float = 60.0
@@ -153,7 +153,11 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     if len(paths) == 1:
         run_worker(settings, paths[0])  # one process: its exit is the service's (systemd, Kubernetes or `up` acts)
         return 0
-    context = multiprocessing.get_context("spawn")  # no gRPC state is ever inherited across fork
+    # Workers are forked from a fork server that has imported the worker's modules but run nothing:
+    # a restarted worker serves in tens of milliseconds instead of the ~0.5 s a fresh interpreter
+    # needs to import them, and still inherits no gRPC state (nothing gRPC ran in the fork server).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["extproc.runtime.worker"])
     level = logging.getLogger().getEffectiveLevel()
 
     def start(slot: int) -> BaseProcess:

@@ -24,6 +24,7 @@ from .sockets import socket_in_use
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
 LOCK_FILE = "gateway.lock"
+EXTPROC_ARGV = [sys.executable, "-m", "extproc", "serve"]
 
 
 @dataclass
@@ -127,7 +128,7 @@ def run_up(settings: Settings, config_path: str | None) -> int:
         rendered = envoy_config.prepare(settings)
         if notice := envoy_config.dev_ca_notice(settings):
             print(notice, flush=True)
-        stack.start("ext_proc", [sys.executable, "-m", "extproc", "serve"], env)
+        stack.start("ext_proc", EXTPROC_ARGV, env)
         # Listening, not merely present: a socket file may be left over from a killed run.
         stack.wait_until(lambda: all(socket_in_use(p) for p in sockets), "the ext_proc sockets")
 
@@ -141,11 +142,13 @@ def run_up(settings: Settings, config_path: str | None) -> int:
         ready_url = f"http://127.0.0.1:{settings.envoy.admin_port}/ready"
         stack.wait_until(lambda: http_ok(ready_url), "Envoy to be ready")
         _print_urls(settings)
+        restarts: list[float] = []
         while not stack.stop_requested:
             if (dead := stack.first_exited()) is not None:
-                print(f"{dead.name} exited with {dead.process.returncode}; stopping", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+                if not _restart_supervisor(stack, dead, restarts, env):
+                    print(f"{dead.name} exited with {dead.process.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.05)
         return 0
     except StopRequested:
         return 0
@@ -160,6 +163,26 @@ def run_up(settings: Settings, config_path: str | None) -> int:
             lock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+SUPERVISOR_RESTARTS = 5  # killed more often than this within SUPERVISOR_WINDOW_S: `up` gives up
+SUPERVISOR_WINDOW_S = 60.0
+
+
+def _restart_supervisor(stack: Stack, dead: Child, restarts: list[float], env: dict[str, str]) -> bool:
+    """Start the ext_proc supervisor again when a signal killed it (its workers die with it), as it
+    does for a worker: Envoy keeps running and fails closed meanwhile. Not when it exited by itself
+    (a crash loop of its workers: it has given up), nor for Envoy or the emulator."""
+    if dead.name != "ext_proc" or dead.process.returncode >= 0:
+        return False
+    now = time.monotonic()
+    restarts[:] = [t for t in restarts if t > now - SUPERVISOR_WINDOW_S] + [now]
+    if len(restarts) > SUPERVISOR_RESTARTS:
+        return False
+    print(f"ext_proc was killed ({dead.process.returncode}); starting it again", file=sys.stderr, flush=True)
+    stack.children.remove(dead)
+    stack.start("ext_proc", EXTPROC_ARGV, env)
+    return True
 
 
 def _print_urls(settings: Settings) -> None:

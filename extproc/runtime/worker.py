@@ -110,13 +110,29 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_supervisor(supervisor_pid: int) -> bool:
-    """Have Linux SIGKILL this worker when the supervisor dies, even by SIGKILL: an orphaned worker
-    would keep its socket and so block the next start. SIGKILL, not SIGTERM: a hung worker ignores
-    SIGTERM, and a stale socket file is cleared on the next start. False when the supervisor is
-    already gone."""
+    """Have Linux SIGKILL this worker when its parent dies, even by SIGKILL: an orphaned worker
+    would keep its socket and so block the next start. The parent is the supervisor's fork server,
+    which exits when the supervisor does, so the worker goes with either. SIGKILL, not SIGTERM: a hung
+    worker ignores SIGTERM, and a stale socket file is cleared on the next start. False when the
+    supervisor or the parent is already gone."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - no prctl in this libc
             log.warning("cannot tie this worker's life to its supervisor's")
-    return os.getppid() == supervisor_pid
+    if os.getppid() == 1:  # the parent died before the death signal was set
+        return False
+    # multiprocessing hands each forked child the write end of the fork server's "alive" pipe, and the
+    # fork server only exits once every holder has closed it: were the workers to keep it, the fork
+    # server (and so, through the death signal, the workers) would outlive the supervisor.
+    from multiprocessing import forkserver
+
+    alive_fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        os.close(alive_fd)
+        forkserver._forkserver._forkserver_alive_fd = None
+    try:
+        os.kill(supervisor_pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -449,3 +449,53 @@ def test_unmapped_deployments_are_refused_wherever_the_body_names_them(gateway: 
     assert status in (400, 404), answer
     assert openai_error(status, headers, answer)["param"] == "model"
     assert len(azure.requests()) == before
+
+
+def test_recovery_after_every_worker_dies_is_under_a_second(two_workers: tuple[Gateway, list[Path]]) -> None:
+    """All workers SIGKILLed under load: requests fail (503, nothing forwarded) only until the
+    supervisor has them back, well under a second, and then succeed again."""
+    gateway, sockets = two_workers
+    assert chat_ok(gateway, 4) == [200] * 4
+    victims = [worker_pid(gateway, s) for s in sockets]
+    results: list[tuple[float, int]] = []
+    stop = time.monotonic() + 6
+
+    def load() -> None:
+        with httpx.Client(base_url=gateway.http_url, timeout=10) as client:
+            while time.monotonic() < stop:
+                results.append((time.monotonic(), client.post("/v1/chat/completions", json=CHAT).status_code))
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(load) for _ in range(4)]
+        time.sleep(1)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        for future in futures:
+            future.result()
+    failed = [t for t, status in results if status != 200]
+    assert {status for _, status in results} <= {200, 503}
+    assert failed, "the kill was not seen (no request failed)"
+    window = max(failed) - min(failed)
+    assert window < 1.0, f"requests failed for {window:.2f} s after every worker died"
+    print(f"recovery window after every worker died: {window:.3f} s")
+    assert results[-1][1] == 200 and [s for t, s in results if t > max(failed)].count(200) > 10
+
+
+def test_a_killed_supervisor_is_started_again_by_up(two_workers: tuple[Gateway, list[Path]]) -> None:
+    """`up` treats its ext_proc supervisor as the supervisor treats a worker: killed, it comes back
+    (its workers die with it), Envoy fails closed meanwhile, and `up` keeps running."""
+    gateway, sockets = two_workers
+    supervisor = next(pid for pid in descendants(gateway.process.pid)
+                      if b"extproc\x00serve" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    workers = [worker_pid(gateway, s) for s in sockets]
+    os.kill(supervisor, signal.SIGKILL)
+    def back() -> bool:
+        try:
+            return all(worker_pid(gateway, s) not in workers for s in sockets)
+        except AssertionError:
+            return False
+    wait_until(back, timeout=15)
+    wait_until(lambda: chat_ok(gateway, 1) == [200], timeout=10)
+    assert chat_ok(gateway, 10) == [200] * 10
+    assert gateway.process.poll() is None
+    assert "ext_proc was killed (-9); starting it again" in gateway.log.read_text()
