@@ -129,3 +129,32 @@ def test_a_transfer_encoding_envoy_refuses_is_the_clients_error(hostile_gateway:
     assert 400 <= status < 600 and headers["content-type"].startswith("application/json")
     assert error_of(body)["type"] == "invalid_request_error", (status, body)
     assert len(azure.requests()) == before
+
+
+def upstream_rx_bytes(gateway: Gateway) -> int:
+    stats = httpx.get(gateway.admin_url + "/stats?filter=^cluster.azure.upstream_cx_rx_bytes_total$").text
+    return int(stats.split(":")[1])
+
+
+SLOW_READER_BOUND = 8 * 1024 * 1024  # Envoy's 1 MiB buffers plus what the kernel's socket buffers hold
+
+
+def test_a_slow_reader_holds_the_upstream_back(hostile_gateway: Gateway, azure: EmulatorThread) -> None:
+    """A client that stops reading makes Envoy stop reading from Azure once its small buffers are
+    full: a slow reader costs Envoy a bounded amount of memory, not the whole response."""
+    size = 48 * 1024 * 1024
+    uploaded = httpx.post(hostile_gateway.http_url + "/v1/files", timeout=60, data={"purpose": "batch"},
+                          files={"file": ("big.jsonl", b"x" * size, "application/jsonl")})
+    assert uploaded.status_code == 200, uploaded.text
+    file_id = uploaded.json()["id"]
+    before = upstream_rx_bytes(hostile_gateway)
+    host, port = hostile_gateway.http_url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect((host, int(port)))
+        sock.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = len(sock.recv(65536))
+        time.sleep(2)  # reads nothing more: Envoy must not read the rest from Azure meanwhile
+        held = upstream_rx_bytes(hostile_gateway) - before
+        print(f"slow reader: read {got} B, Envoy read {held} B from upstream of {size} B")
+        assert held < SLOW_READER_BOUND, held
