@@ -74,3 +74,22 @@ def operation_not_supported(operation: str, model: str) -> AzureError:
 
 def payload_too_large() -> AzureError:
     return AzureError(413, {"code": "RequestEntityTooLarge", "message": "The request entity is too large."})
+
+
+def unsupported_content_encoding(encoding: str) -> AzureError:
+    """Azure OpenAI documents no request compression; RFC 9110 answers an unknown coding with 415."""
+    message = (
+        f"Content-Encoding '{encoding}' is not supported: send the request body uncompressed "
+        "(Content-Encoding: identity or no Content-Encoding header)."
+    )
+    return AzureError(415, {"code": "UnsupportedMediaType", "message": message}, {"Accept-Encoding": "identity"})
+
+
+def expectation_failed() -> AzureError:
+    return AzureError(
+        417, {"code": "417", "message": "Expectation Failed: the only supported Expect value is 100-continue."}
+    )
+
+
+def internal_error() -> AzureError:
+    return AzureError(500, {"code": "InternalServerError", "message": "The emulator failed."})

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .handlers_images import IMAGE_PATH
 from .jsonio import json_response
+from .protocol import expect_handler
 from .state import STATE
 
 
@@ -28,6 +29,6 @@ async def get_image(request: web.Request) -> web.StreamResponse:
 
 
 def add_admin_routes(app: web.Application) -> None:
-    app.router.add_get("/_emulator/requests", list_requests)
-    app.router.add_delete("/_emulator/requests", clear_requests)
-    app.router.add_get(IMAGE_PATH + "{image_id}.png", get_image)
+    app.router.add_get("/_emulator/requests", list_requests, expect_handler=expect_handler)
+    app.router.add_delete("/_emulator/requests", clear_requests, expect_handler=expect_handler)
+    app.router.add_get(IMAGE_PATH + "{image_id}.png", get_image, expect_handler=expect_handler)

@@ -24,6 +24,7 @@ from .model_capabilities import Capability
 from .context import DEPLOYMENT_NAME, PARSED_BODY, Call, Handler, Surface, resolve_deployment
 from .errors import bad_request, missing_field, resource_not_found
 from .faults import FaultPlan
+from .protocol import expect_handler
 from .state import STATE, EmulatorState
 
 # Versions the openai SDK and Azure docs use to reach the v1 surface; all are ignored.
@@ -109,13 +110,26 @@ V1_ONLY = (
 
 
 def add_api_routes(app: web.Application) -> None:
+    def add(method: str, path: str, handler: Handler) -> None:
+        app.router.add_route(method, path, handler, expect_handler=expect_handler)
+
     for path, operation in DEPLOYMENT_OPERATIONS.items():
-        app.router.add_post(Surface.DEPLOYMENT.value + path, endpoint(operation, Surface.DEPLOYMENT))
-        app.router.add_post(Surface.V1.value + path, endpoint(operation, Surface.V1))
+        add("POST", Surface.DEPLOYMENT.value + path, endpoint(operation, Surface.DEPLOYMENT))
+        add("POST", Surface.V1.value + path, endpoint(operation, Surface.V1))
     for method, path, operation in RESOURCE_OPERATIONS + RESOURCE_ONLY:
-        app.router.add_route(method, Surface.RESOURCE.value + path, endpoint(operation, Surface.RESOURCE))
+        add(method, Surface.RESOURCE.value + path, endpoint(operation, Surface.RESOURCE))
     for method, path, operation in RESOURCE_OPERATIONS + V1_ONLY:
-        app.router.add_route(method, Surface.V1.value + path, endpoint(operation, Surface.V1))
+        add(method, Surface.V1.value + path, endpoint(operation, Surface.V1))
+
+
+def add_fallback_route(app: web.Application) -> None:
+    """Every other method and path, added last: unknown requests then pass the middleware (journal,
+    auth, Azure's 404) and the JSON Expect check, instead of aiohttp's built-in 404/405/417."""
+    app.router.add_route("*", "/{path:.*}", _unknown_route, expect_handler=expect_handler)
+
+
+async def _unknown_route(_request: web.Request) -> web.StreamResponse:
+    raise resource_not_found()
 
 
 def endpoint(operation: Operation, surface: Surface) -> Handler:
@@ -160,7 +174,7 @@ def _check_body(body: ParsedBody, expected: Body) -> None:
     if expected is Body.JSON and not isinstance(body.json, dict):
         raise bad_request("Could not parse the JSON body of your request. The request body must be a JSON object.")
     if expected is Body.MULTIPART and body.form is None:
-        raise bad_request("The request must be multipart/form-data with a valid body.")
+        raise bad_request(body.form_error or "The request must be multipart/form-data with a valid body.")
 
 
 def _model_from_body(body: ParsedBody) -> str:

@@ -5,22 +5,29 @@ from __future__ import annotations
 from aiohttp import web
 
 from .handlers_admin import add_admin_routes
-from .journal import RecordedRequest
+from .journal import Journal
 from .middleware import add_azure_headers, azure_middleware
-from .routing import add_api_routes
+from .protocol import AzureAppRunner
+from .routing import add_api_routes, add_fallback_route
 from .settings import EmulatorSettings
 from .state import STATE, EmulatorState
 
 # Audio uploads reach 25 MB and batch input files far more; aiohttp's 1 MB default is too small.
 MAX_BODY_BYTES = 512 * 1024 * 1024
 SHUTDOWN_TIMEOUT_S = 0.5
+# Bodies reach the handlers as sent: Azure OpenAI documents no request compression, so a
+# Content-Encoding other than identity is refused (415) rather than inflated (a decompression bomb).
+HANDLER_ARGS = {"auto_decompress": False}
 
 
 def build_app(settings: EmulatorSettings) -> web.Application:
-    app = web.Application(middlewares=[azure_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[azure_middleware], client_max_size=MAX_BODY_BYTES, handler_args=HANDLER_ARGS
+    )
     app[STATE] = EmulatorState(settings=settings)
     add_admin_routes(app)
     add_api_routes(app)
+    add_fallback_route(app)  # last: it matches everything
     app.on_response_prepare.append(add_azure_headers)
     return app
 
@@ -39,8 +46,9 @@ class RunningEmulator:
         return self._state.settings
 
     @property
-    def journal(self) -> list[RecordedRequest]:
-        """Every request received so far, in arrival order (the live list)."""
+    def journal(self) -> Journal:
+        """The requests received so far, in arrival order (the live list; the newest
+        `settings.journal_max_requests` of them)."""
         return self._state.journal
 
     def clear_journal(self) -> None:
@@ -68,7 +76,8 @@ async def start_emulator(settings: EmulatorSettings | None = None) -> RunningEmu
     app = build_app(settings)
     # No access log: the middleware logs one line per request without headers (api keys).
     # A short shutdown timeout: stopping must not wait for slow streams to finish.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    # AzureAppRunner: requests aiohttp's parser rejects get Azure's JSON errors too.
+    runner = AzureAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=settings.ssl_context)
     try:

@@ -9,6 +9,8 @@ from typing import Mapping
 
 DEFAULT_API_KEY = "emulator-key"
 
+MIB = 1024 * 1024
+
 # Deployment name -> model. Deployments named after their models, the way most Azure
 # resources are set up, under both Azure's names and the names OpenAI clients send (the
 # gateway passes an unmapped model name through as the deployment name). Where Azure
@@ -104,6 +106,20 @@ class EmulatorSettings:
     ssl_context: ssl.SSLContext | None = None
     # Pause between streamed chunks unless a request asks for another one.
     default_chunk_interval_s: float = 0.0
+    # Memory bounds, so a long run (or a hostile client) cannot grow the process without limit.
+    # The journal keeps the newest `journal_max_requests` requests and about `journal_max_bytes`
+    # of them (bodies, headers, form text); each body is kept up to `journal_max_body_bytes`
+    # (`body_length` still gives its real size; a cut JSON body reads back as `json` None).
+    journal_max_requests: int = 5_000
+    journal_max_body_bytes: int = 4 * MIB
+    journal_max_bytes: int = 64 * MIB
+    # Files, batches, stored responses and generated images: each store keeps its newest
+    # `store_max_items`; files and stored responses also at most `store_max_bytes` each
+    # (the newest item is always kept). Older ones are forgotten, as if deleted.
+    store_max_items: int = 1_000
+    store_max_bytes: int = 128 * MIB
+    # Parts read from one multipart body before it is refused with a 400 (aiohttp's own form limit).
+    multipart_max_parts: int = 1_000
 
     def __post_init__(self) -> None:
         # Accept lists from callers but keep the frozen object hashable-ish and safe to share.
@@ -115,3 +131,9 @@ class EmulatorSettings:
             raise ValueError("EmulatorSettings needs at least one api key")
         if self.default_chunk_interval_s < 0:
             raise ValueError("default_chunk_interval_s must not be negative")
+        for name in ("journal_max_requests", "journal_max_body_bytes", "journal_max_bytes", "store_max_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("store_max_items", "multipart_max_parts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")

@@ -90,7 +90,11 @@ def upstream_pki(tmp_path_factory: pytest.TempPathFactory):
 def azure(upstream_pki) -> Iterator[EmulatorThread]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(upstream_pki.server_cert, upstream_pki.server_key)
-    emulator = EmulatorThread(EmulatorSettings(api_keys=(SERVER_KEY,), deployments=DEPLOYMENTS, ssl_context=context))
+    # The tests count what arrived: the journal keeps every request of the session (the default caps
+    # would drop the oldest, and a count that stays the same would then prove nothing).
+    emulator = EmulatorThread(EmulatorSettings(api_keys=(SERVER_KEY,), deployments=DEPLOYMENTS, ssl_context=context,
+                                               journal_max_requests=10_000_000, journal_max_bytes=2**40,
+                                               journal_max_body_bytes=64 * 1024 * 1024))
     yield emulator
     emulator.stop()
 
