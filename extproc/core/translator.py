@@ -22,7 +22,7 @@ from .bodies import BodyModel, model_name, read_model
 from .catalogue import AZURE_UPLOAD_PREFIXES
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead
 from .gateway import Gateway
-from .jsonbody import InvalidJson, replace_top_level_string
+from .jsonbody import InvalidJson, TooManyMembers, replace_top_level_string
 from .multipart import is_multipart, replace_field
 from .paths import azure_form_segments_ok, escapes_its_prefix, has_api_version, without_credentials
 from .routes import AZURE_DEPLOYMENTS_PREFIX, BodyRoute, ResourceRoute
@@ -193,5 +193,7 @@ def _with_model(body: bytes, found: BodyModel, deployment: str) -> bytes | Reply
         return replace_field(body, found.field, deployment)
     try:
         return replace_top_level_string(body, "model", deployment)
+    except TooManyMembers:  # the walk to the model is bounded too
+        return errors.TOO_MANY_MEMBERS
     except InvalidJson:  # parsed and one model, yet not walkable: not expected; never forward a guess
         return errors.INVALID_JSON
