@@ -209,22 +209,11 @@ UNDECLARED_FOUND = (
 @pytest.mark.parametrize("policy", ["reject", "passthrough"])
 def test_without_a_declared_length_one_byte_over_the_limit_is_413(gateway_for, sender_for, upstream, report: Report,
                                                                   policy: str, transport: str, request) -> None:
+    """Without a declared length (HTTP/1.1 chunked, HTTP/2 without content-length) one byte over the
+    limit is a 413 too. HTTP/1.1 chunked holds (the connection buffer follows a limit under 1 MiB);
+    HTTP/2 and the Azure-form paths under reject are still open (UNDECLARED_FOUND)."""
     if transport != "http1-chunked" or policy == "reject":
         request.applymarker(pytest.mark.xfail(strict=True, reason=UNDECLARED_FOUND))
-    """FOUND. With `limits: {max_request_body_bytes: 262144}` (the schema allows 64 KiB and up):
-
-        POST /v1/chat/completions HTTP/1.1
-        Host: localhost
-        Transfer-Encoding: chunked
-        Content-Type: application/json
-
-        <a 262,145-byte {"model":"gpt-4o",...} body in chunks>
-
-    is buffered, read by the ext_proc and forwarded whole to Azure (200) instead of a 413; so is any body up
-    to 1,048,576 bytes, over HTTP/2 (h2c, h2 over TLS) too when the request has no content-length, on every
-    buffered route (/v1/chat/completions, /v1/embeddings, /v1/audio/transcriptions, and /openai/v1/... under
-    reject). Above 1 MiB, or with a declared length over the limit, it is a 413: Envoy's own per-connection
-    and per-stream buffers (1 MiB) win over a smaller virtual-host request_body_buffer_limit."""
     rng = random.Random(f"undeclared-{policy}-{transport}")
     sender = LimitSender(gateway_for(policy), sender_for, transport)
     cases = [sized_case(rng, policy, transport, path, size, "over, undeclared")
