@@ -1,12 +1,11 @@
-"""Paths and query strings: the api-version set exactly once, dot segments found in any spelling."""
+"""Paths and query strings: the api-version set exactly once, credentials taken out, dot segments
+found in any spelling, Azure-form paths read as plain segments."""
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 from urllib.parse import quote, unquote
-
-
-import re
 
 # Query parameters that carry a credential somewhere (Azure's realtime `api-key`, API Management's
 # `subscription-key`, ...): never sent upstream (the gateway sets its own credential), never logged.
