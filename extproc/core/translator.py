@@ -138,7 +138,8 @@ class Translator:
         credential = self._credential(head, backend)
         if isinstance(credential, Reply):
             return credential
-        if escapes_its_prefix(path) or not azure_form_segments_ok(path):
+        # Plain segments only: this also refuses `.`/`..` in any spelling (escapes_its_prefix's job elsewhere).
+        if not azure_form_segments_ok(path):
             return errors.invalid_url(head.method, path)
         if path.startswith("/openai/v1/") or has_api_version(query):
             query = without_credentials(query) if query else query

@@ -91,15 +91,15 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         if port is None:
             continue
         listener["address"]["socket_address"].update(address=settings.listen.address, port_value=port)
+        # Envoy holds a body to the larger of the virtual host's limit and the connection's buffer: a
+        # limit below the template's 1 MiB buffer lowers it too, so it holds for undeclared lengths.
+        listener["per_connection_buffer_limit_bytes"] = min(
+            listener["per_connection_buffer_limit_bytes"], settings.limits.max_request_body_bytes)
         idle = _seconds(settings.envoy.upstream_idle_timeout_seconds)
         for hcm in _connection_managers(listener):
             hcm["stream_idle_timeout"] = idle
             for vhost in hcm["route_config"]["virtual_hosts"]:
                 vhost["request_body_buffer_limit"] = settings.limits.max_request_body_bytes
-                # Envoy holds a body to the larger of this and the connection's buffer: a limit below
-                # the template's 1 MiB buffers lowers them too, so it holds for undeclared lengths.
-                listener["per_connection_buffer_limit_bytes"] = min(
-                    listener["per_connection_buffer_limit_bytes"], settings.limits.max_request_body_bytes)
                 _streamed_routes_from_catalogue(vhost["routes"])
                 body_idle = _seconds(settings.limits.body_idle_timeout_seconds)
                 for route in vhost["routes"]:
