@@ -84,7 +84,8 @@ def test_a_body_that_stops_arriving_gets_408(hostile_gateway: Gateway, azure: Em
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         "Content-Length: 4000\r\n\r\n{\"model\"").encode())
     assert status == 408 and error_of(body)["type"] == "invalid_request_error"
-    assert BODY_IDLE_S <= took < BODY_IDLE_S + 5
+    # Envoy arms its timers from the event loop's cached clock, so one may fire a few ms early (CI saw 0.99991 s).
+    assert BODY_IDLE_S - 0.05 <= took < BODY_IDLE_S + 5
     assert len(azure.requests()) == before
 
 
