@@ -26,6 +26,7 @@ from ..routing import DEFAULT_BACKEND, UnmappedModelPolicy, is_deployment_name
 
 DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # Azure's audio limit is 25 MB; multipart adds a little
+MIN_MAX_BODY_BYTES = 1024 * 1024  # envoy/envoy.yaml's per-connection buffer and HTTP/2 stream window
 
 
 class ConfigError(Exception):
@@ -150,7 +151,9 @@ class ExtprocSettings(_Strict):
 
 
 class LimitSettings(_Strict):
-    max_request_body_bytes: Annotated[int, Field(ge=64 * 1024, le=512 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
+    # At least Envoy's own 1 MiB buffers (per connection, per HTTP/2 stream window): a body without a
+    # declared length is held to the larger of the two, so a smaller limit would not hold on HTTP/2.
+    max_request_body_bytes: Annotated[int, Field(ge=MIN_MAX_BODY_BYTES, le=512 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
     # A request whose body stops arriving (before the gateway has decided where it goes) gets a 408.
     body_idle_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
 

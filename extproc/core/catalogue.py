@@ -91,9 +91,21 @@ MIN_API_VERSION_BY_ENDPOINT: dict[str, str] = {
 AZURE_UPLOAD_PREFIXES = ("/openai/files", "/openai/v1/files", "/openai/uploads", "/openai/v1/uploads")
 
 
-def streamed_prefixes() -> tuple[str, ...]:
-    """The OpenAI paths whose bodies stream (Envoy routes them with the ext_proc's body mode NONE)."""
-    return tuple(op.openai_path for op in CATALOGUE if op.upload is Upload.STREAMED)
+AZURE_FORM_PREFIX = "/openai"  # requests already in Azure form
+
+
+def headers_only_prefixes(bodies_checked: bool) -> tuple[str, ...]:
+    """The paths whose bodies Envoy streams without buffering them for the ext_proc (their routes'
+    ext_proc body mode is NONE): the streamed endpoints and the Azure form. Under `unmapped_models:
+    reject` (`bodies_checked`) the ext_proc reads the body of every other POST there (it may name a
+    deployment), so only the uploads keep streaming and the rest is buffered by its route: a route
+    switched from NONE to BUFFERED by the headers' answer lets Envoy forward a chunked body over the
+    limit, or hand the ext_proc only part of it (tests/hostile/test_body_limits.py)."""
+    streamed = [op for op in CATALOGUE if op.upload is Upload.STREAMED]
+    if not bodies_checked:
+        return (*(op.openai_path for op in streamed), AZURE_FORM_PREFIX)
+    uploads = [op.openai_path for op in streamed if f"/openai/{op.path}".startswith(AZURE_UPLOAD_PREFIXES)]
+    return (*uploads, *AZURE_UPLOAD_PREFIXES)
 
 
 def markdown_table() -> str:

@@ -15,14 +15,13 @@ from typing import Any, Iterator
 
 import yaml
 
-from ..config import BackendSettings, ConfigError, Settings
-from ..core.catalogue import streamed_prefixes
+from ..config import BackendSettings, ConfigError, Settings, UnmappedModelPolicy
+from ..core.catalogue import headers_only_prefixes
 from ..routing import DEFAULT_BACKEND, cluster_name
 
 # The routes a request takes before the ext_proc decides lead to this cluster, which is never defined:
 # Envoy answers 404 itself, so an undecided request cannot leave it.
 UNDECIDED_CLUSTER = "aoai_gateway_undecided"
-AZURE_FORM_PREFIX = "/openai"  # requests already in Azure form: decided from their headers
 TEMPLATE_ENV = "AOAI_GATEWAY_ENVOY_TEMPLATE"
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
 SYSTEM_CA_BUNDLES = (
@@ -91,16 +90,21 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         if port is None:
             continue
         listener["address"]["socket_address"].update(address=settings.listen.address, port_value=port)
-        # Envoy holds a body to the larger of the virtual host's limit and the connection's buffer: a
-        # limit below the template's 1 MiB buffer lowers it too, so it holds for undeclared lengths.
+        # Envoy holds a body without a declared length to the larger of the virtual host's limit and
+        # the connection's buffer: a template with a buffer above the limit must not raise the limit.
         listener["per_connection_buffer_limit_bytes"] = min(
             listener["per_connection_buffer_limit_bytes"], settings.limits.max_request_body_bytes)
         idle = _seconds(settings.envoy.upstream_idle_timeout_seconds)
+        rejects = settings.unmapped_models is UnmappedModelPolicy.REJECT
         for hcm in _connection_managers(listener):
             hcm["stream_idle_timeout"] = idle
+            window = hcm.get("http2_protocol_options", {}).get("initial_stream_window_size", 0)
+            if window > settings.limits.max_request_body_bytes:
+                raise ConfigError(f"the Envoy template's HTTP/2 stream window ({window} bytes) is above "
+                                  "limits.max_request_body_bytes: HTTP/2 bodies would be held to the window")
             for vhost in hcm["route_config"]["virtual_hosts"]:
                 vhost["request_body_buffer_limit"] = settings.limits.max_request_body_bytes
-                _streamed_routes_from_catalogue(vhost["routes"])
+                _streamed_routes_from_catalogue(vhost["routes"], headers_only_prefixes(rejects))
                 body_idle = _seconds(settings.limits.body_idle_timeout_seconds)
                 for route in vhost["routes"]:
                     # Undecided (the body is still arriving): a body that stops gets a 408 soon;
@@ -159,17 +163,17 @@ def _undecided(route: dict[str, Any]) -> bool:
     return route.get("route", {}).get("cluster") == UNDECIDED_CLUSTER
 
 
-def _streamed_routes_from_catalogue(routes: list[dict[str, Any]]) -> None:
-    """Replace the template's streamed-upload routes (a local 404 whose per-route ext_proc mode reads
-    no body) with one per streamed endpoint of the catalogue, plus the Azure-form paths; in place,
-    where the template has them (the HTTPS listener shares this list with the HTTP one)."""
+def _streamed_routes_from_catalogue(routes: list[dict[str, Any]], prefixes: tuple[str, ...]) -> None:
+    """Replace the template's streamed-upload routes (undecided, with a per-route ext_proc mode that
+    reads no body) with one per prefix whose bodies stream (core.catalogue.headers_only_prefixes); in
+    place, where the template has them (the HTTPS listener shares this list with the HTTP one)."""
     streamed = [i for i, route in enumerate(routes) if _undecided(route) and "typed_per_filter_config" in route]
     if not streamed:
         raise ConfigError("the Envoy template has no undecided route with a per-route ext_proc mode to stream "
                           "uploads; uploads would be buffered")
     first, model = streamed[0], routes[streamed[0]]
     generated = []
-    for prefix in (*streamed_prefixes(), AZURE_FORM_PREFIX):
+    for prefix in prefixes:
         route = copy.deepcopy({key: value for key, value in model.items() if key != "match"})
         # `/v1/responses/` (ids only) is a plain prefix; `/v1/files` also matches `/v1/files/...`.
         route = {"match": {"prefix" if prefix.endswith("/") else "path_separated_prefix": prefix}, **route}

@@ -31,7 +31,7 @@ from tests.e2e.conftest import (  # noqa: F401 - fixtures re-exported for this d
 
 from .support import MARKS, Report, Sender, Upstream
 
-BODY_LIMIT = 256 * 1024
+BODY_LIMIT = 1024 * 1024  # the smallest limit the schema allows (Envoy's own buffers are 1 MiB)
 BODY_IDLE_S = 1
 DEFAULT_LIMITS = f"{{max_request_body_bytes: {BODY_LIMIT}, body_idle_timeout_seconds: {BODY_IDLE_S}}}"
 LONG_FACTOR = 10

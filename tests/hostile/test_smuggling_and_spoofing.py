@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import SERVER_KEY, start_gateway, stop_gateway
+from .conftest import DEFAULT_LIMITS, SERVER_KEY, start_gateway, stop_gateway
 from .support import (
     API_VERSION,
     MARKS,
@@ -337,7 +337,7 @@ class RecordingUpstream:
 def recorded_gateway(tmp_path_factory, upstream_pki) -> Iterator[tuple]:  # noqa: F811
     recorder = RecordingUpstream(upstream_pki)
     gateway = start_gateway(tmp_path_factory.mktemp("hostile-recorded"), f"https://127.0.0.1:{recorder.port}",
-                            upstream_pki.ca_cert, limits="{max_request_body_bytes: 262144, body_idle_timeout_seconds: 1}")
+                            upstream_pki.ca_cert, limits=DEFAULT_LIMITS)
     yield gateway, recorder
     stop_gateway(gateway)
     recorder.close()

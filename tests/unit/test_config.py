@@ -59,6 +59,7 @@ listen: {http_port: 9000, https_port: null}
         ("endpoints: {embeddings: {api: v2}}", "endpoints.embeddings.api"),
         ("listen: {tls_cert_file: a.pem}", "listen"),
         ("limits: {max_request_body_bytes: 10}", "limits.max_request_body_bytes"),
+        ("limits: {max_request_body_bytes: 1048575}", "limits.max_request_body_bytes"),  # under Envoy's buffers
         ("models: {gpt-4o: ''}", "models"),
     ],
 )

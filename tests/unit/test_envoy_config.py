@@ -99,6 +99,19 @@ def test_a_missing_template_is_a_config_error_naming_the_variable(tmp_path: Path
         envoy_config.render(settings_for(tmp_path), tls)
 
 
+def test_a_template_whose_http2_window_exceeds_the_body_limit_is_refused(tmp_path: Path, tls, monkeypatch) -> None:
+    """HTTP/2 bodies without a length are held to the larger of the limit and the stream window."""
+    template = yaml.safe_load(envoy_config.REPO_TEMPLATE.read_text())
+    for listener in template["static_resources"]["listeners"]:
+        hcm = listener["filter_chains"][-1]["filters"][0]["typed_config"]
+        hcm["http2_protocol_options"]["initial_stream_window_size"] = 64 * 1024 * 1024  # the limit is 32 MiB
+    custom = tmp_path / "custom.yaml"
+    custom.write_text(yaml.safe_dump(template))
+    monkeypatch.setenv(envoy_config.TEMPLATE_ENV, str(custom))
+    with pytest.raises(ConfigError, match="HTTP/2 stream window"):
+        envoy_config.render(settings_for(tmp_path), tls)
+
+
 def test_the_template_itself_is_the_default_config() -> None:
     template = yaml.safe_load(envoy_config.REPO_TEMPLATE.read_text())
     listeners = {listener["name"] for listener in template["static_resources"]["listeners"]}
@@ -206,12 +219,15 @@ def test_extproc_workers_are_health_checked(tmp_path: Path, tls) -> None:
     assert extproc["health_checks"][0]["timeout"] == "1s"  # never below a second
 
 
-def test_streamed_routes_come_from_the_catalogue(tmp_path: Path, tls) -> None:
+@pytest.mark.parametrize("policy", ["passthrough", "strip_dots", "reject"])
+def test_streamed_routes_come_from_the_catalogue(tmp_path: Path, tls, policy: str) -> None:
     """Each endpoint the catalogue streams (and the Azure form) gets a route whose ext_proc mode reads
-    no body; every other path is buffered. The HTTP and HTTPS listeners route alike."""
-    from extproc.core.catalogue import CATALOGUE, Upload
+    no body; every other path is buffered. Under reject, where the ext_proc reads those bodies too, only
+    the uploads stream (a body is never switched to buffered by the headers' answer). The HTTP and HTTPS
+    listeners route alike."""
+    from extproc.core.catalogue import AZURE_UPLOAD_PREFIXES, CATALOGUE, Upload
 
-    config = envoy_config.render(settings_for(tmp_path), tls)
+    config = envoy_config.render(settings_for(tmp_path, AOAI_GATEWAY_UNMAPPED_MODELS=policy), tls)
     tables = []
     for listener in config["static_resources"]["listeners"]:
         (vhost,) = connection_manager(listener)["route_config"]["virtual_hosts"]
@@ -228,6 +244,9 @@ def test_streamed_routes_come_from_the_catalogue(tmp_path: Path, tls) -> None:
         assert vhost["routes"][-1]["route"]["cluster"] == "aoai_gateway_undecided"
     clusters = {c["name"] for c in config["static_resources"]["clusters"]}
     assert "aoai_gateway_undecided" not in clusters
-    expected = {op.openai_path: "NONE" for op in CATALOGUE if op.upload is Upload.STREAMED} | {"/openai": "NONE"}
+    if policy == "reject":
+        expected = {"/v1/files": "NONE"} | {prefix: "NONE" for prefix in AZURE_UPLOAD_PREFIXES}
+    else:
+        expected = {op.openai_path: "NONE" for op in CATALOGUE if op.upload is Upload.STREAMED} | {"/openai": "NONE"}
+        assert "/v1/responses/" in expected and "/v1/files" in expected
     assert tables == [expected, expected]
-    assert "/v1/responses/" in expected and "/v1/files" in expected
