@@ -27,15 +27,29 @@ def _is_api_version(param: str) -> bool:
     return _param_name(param) == "api-version"
 
 
+def _is_credential(param: str) -> bool:
+    """A credential by any name a reader might give it: `api-key[]` (array syntax), `api-key%00`
+    (a reader that stops at NUL), `a=1;api-key=X` (readers that also split on `;`)."""
+    for piece in param.split(";"):
+        name = "".join(c for c in _param_name(piece) if c.isprintable()).removesuffix("[]").strip()
+        if name in CREDENTIAL_PARAMS:
+            return True
+    return False
+
+
 def _dropped(param: str) -> bool:
     """An api-version (the gateway sets its own) or a credential."""
-    name = _param_name(param)
-    return name == "api-version" or name in CREDENTIAL_PARAMS
+    return _is_api_version(param) or _is_credential(param)
+
+
+def query_values(raw_query: str, name: str) -> list[str]:
+    """The decoded values of every parameter called `name` (lowercase; keys compared as Azure does)."""
+    return [unquote(p.partition("=")[2].replace("+", " ")) for p in raw_query.split("&") if _param_name(p) == name]
 
 
 def without_credentials(raw_query: str) -> str:
     """The client's query (`a=1&b=2`, no `?`) without credential parameters, else untouched."""
-    kept = [p for p in raw_query.split("&") if p and _param_name(p) not in CREDENTIAL_PARAMS]
+    kept = [p for p in raw_query.split("&") if p and not _is_credential(p)]
     return "&".join(kept)
 
 

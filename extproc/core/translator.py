@@ -24,8 +24,11 @@ from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, 
 from .gateway import Gateway
 from .jsonbody import InvalidJson, TooManyMembers, replace_top_level_string
 from .multipart import is_multipart, replace_field
-from .paths import azure_form_segments_ok, escapes_its_prefix, has_api_version, without_credentials
+from .paths import azure_form_segments_ok, escapes_its_prefix, has_api_version, query_values, without_credentials
 from .routes import AZURE_DEPLOYMENTS_PREFIX, BodyRoute, ResourceRoute
+
+# Not a path of Azure's v1 surface today, but a reader could serve it as one: checked like the classic form.
+AZURE_V1_DEPLOYMENTS_PREFIX = "/openai/v1/deployments/"
 
 AZURE_METHODS = frozenset({"GET", "POST", "DELETE"})  # what Azure's data-plane API uses (OPTIONS: CORS, later)
 _Family = Callable[[RequestHead, str, str], HeadersDecision]  # (head, path, query) -> decision
@@ -149,13 +152,19 @@ class Translator:
         forward = Forward(azure_path, credential, backend.cluster)
         if not self._models.rejects_unknown:
             return forward
-        if path[: len(AZURE_DEPLOYMENTS_PREFIX)].lower() == AZURE_DEPLOYMENTS_PREFIX:
-            # Azure serves the deployment in the path (matched case-insensitively, as Azure may);
-            # a model in the body is not read for routing.
-            deployment = unquote(path[len(AZURE_DEPLOYMENTS_PREFIX) :].partition("/")[0])
+        # Realtime and others name it in the query (`?deployment=`); refused whatever the path.
+        for deployment in query_values(query, "deployment") if query else ():
             if not self._models.allows_deployment(deployment):
                 return errors.deployment_not_found(deployment, self._models.known_deployments)
-            return forward
+        lowered = path.lower()
+        for prefix in (AZURE_DEPLOYMENTS_PREFIX, AZURE_V1_DEPLOYMENTS_PREFIX):
+            if lowered.startswith(prefix):
+                # Azure serves the deployment in the path (matched case-insensitively, as Azure may);
+                # a model in the body is not read for routing.
+                deployment = unquote(path[len(prefix) :].partition("/")[0])
+                if not self._models.allows_deployment(deployment):
+                    return errors.deployment_not_found(deployment, self._models.known_deployments)
+                return forward
         return self._body_checked_under_reject(head, forward)
 
     # --- `unmapped_models: reject` for bodies the route does not read ---------------------------

@@ -35,7 +35,9 @@ PROTOCOLS = ("http1-raw", "h2c", "h2-tls")
 QUERY_NAMES = ("api-key", "API-KEY", "Api-Key", "api%2Dkey", "api%2dkey", "%61pi-key", "api-key%20", "subscription-key",
                "Subscription-Key", "subscription_key", "api_key", "apikey", "APIKEY", "key", "Key",
                "ocp-apim-subscription-key", "Ocp-Apim-Subscription-Key", "access_token", "access-token", "token",
-               "sig", "code")
+               "sig", "code",
+               # read as a credential by some reader: array syntax, a NUL, `;` as a separator
+               "api-key[]", "api-key%5B%5D", "api-key%00", "foo=bar;api-key", "x=1;subscription-key")
 BENIGN_QUERY = ("foo=bar", f"api-version={API_VERSION}", "limit=2", "x=", "after=file-1")
 
 

@@ -532,6 +532,21 @@ class TestRejectPolicyInAzureForm:
         body, content_type = multipart([("model", b"other", None)])
         assert send(body, content_type).status == 404
 
+    @pytest.mark.parametrize("path", [
+        "/openai/v1/deployments/secret-dep/chat/completions",  # not an Azure path today; a reader may serve it
+        "/openai/V1/Deployments/secret-dep/chat/completions",
+        "/openai/realtime?api-version=2025-04-01-preview&deployment=secret-dep",
+        "/openai/realtime?Deployment=secret%2Ddep&api-version=2025-04-01-preview",
+        "/openai/realtime?deployment=prod-4o&deployment=secret-dep",
+        "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21&deployment=secret-dep",
+    ])
+    def test_a_deployment_named_anywhere_else_is_checked_too(self, path: str) -> None:
+        for method in ("GET", "POST"):
+            reply = make(self.ENV).on_headers(RequestHead(method, path, has_body=method == "POST"))
+            assert isinstance(reply, Reply) and reply.status == 404 and "`secret-dep`" in error_of(reply)["message"], reply
+        allowed = path.replace("secret-dep", "prod-4o").replace("secret%2Ddep", "prod-4o")
+        assert isinstance(make(self.ENV).on_headers(RequestHead("GET", allowed)), Forward), allowed
+
     def test_uploads_and_bodiless_requests_are_not_buffered(self) -> None:
         translator = make(self.ENV)
         for head in (RequestHead("POST", "/openai/files?api-version=2024-10-21", "multipart/form-data; boundary=x", has_body=True),
@@ -692,6 +707,12 @@ def test_credential_query_parameters_never_go_upstream() -> None:
                  "/openai/v1/chat/completions?api-key=leak", "/v1/files?API-KEY=leak&purpose=batch"):
         decision = make().on_headers(RequestHead("GET" if "files" in path else "POST", path))
         assert isinstance(decision, Forward) and "leak" not in decision.path, decision
+    # Names other readers may take for a credential: array syntax, a NUL, `;` as a separator.
+    for query in ("api-key[]=leak", "api-key%00=leak", "foo=bar;api-key=leak", "x=1;%20Token=leak", "API_KEY%5B%5D=leak"):
+        for path in (f"/v1/chat/completions?{query}&x=2", f"/openai/v1/chat/completions?{query}&x=2",
+                     f"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21&{query}&x=2"):
+            decision = post(make(), path, chat()) if path.startswith("/v1/") else make().on_headers(RequestHead("POST", path))
+            assert isinstance(decision, Forward) and "leak" not in decision.path and "x=2" in decision.path, (path, decision)
 
 
 def test_the_answer_cache_holds_no_long_answers() -> None:
