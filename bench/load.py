@@ -66,11 +66,15 @@ class WrkResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def run_wrk(url: str, body_file: Path, connections: int, threads: int, seconds: float) -> WrkResult:
+def run_wrk(url: str, body_file: Path, connections: int, threads: int, seconds: float,
+            headers: dict[str, str] | None = None) -> WrkResult:
+    """wrk with chat.lua; with `headers`, peer.lua: chat.lua's request plus (or overriding) those headers."""
+    script = HERE / ("peer.lua" if headers else "chat.lua")
     argv = [wrk_binary(), "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{max(seconds, 1):g}s",
-            "--timeout", "5s", "-s", str(HERE / "chat.lua"), url + CHAT_PATH]
-    done = subprocess.run(argv, env={**os.environ, "BENCH_BODY_FILE": str(body_file)}, capture_output=True,
-                          text=True, timeout=seconds + 60)
+            "--timeout", "5s", "-s", str(script), url + CHAT_PATH]
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file),
+           "BENCH_EXTRA_HEADERS": "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
     line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")

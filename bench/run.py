@@ -8,7 +8,11 @@ same wrk parameters and the same chat body, and prints (and saves as JSON):
   - a ~1 MiB chat body through (a) and (b): success and added latency;
   - the ext_proc's RSS before/after a soak (default 60 s) under load;
   - whether each target of the design holds.
-Needs wrk (bench/setup.sh installs it); `--profile` also needs py-spy (bench/setup.sh --profile).
+With `--peers`, also the alternatives users would otherwise run (bench/peers.py: the LiteLLM proxy,
+Portkey's gateway, a minimal FastAPI + httpx proxy), one worker each, against the same upstream with
+the same wrk parameters and body, as extra rows of the throughput table.
+Needs wrk (bench/setup.sh installs it); `--profile` also needs py-spy (bench/setup.sh --profile);
+`--peers` needs the peers (bench/peers_setup.sh).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from extproc import envoy_config
 
 from . import load
 from .procs import Processes, cpu_seconds, machine_busy_seconds, rss_bytes
-from .stacks import Target, start_gateway, start_plain, start_upstream
+from .peers import start_peers
+from .stacks import Target, Upstream, start_gateway, start_plain, start_upstream
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "latest.json"
@@ -76,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--floor", action="store_true",
                    help="also measure bench/floor_extproc.py (constant answers, no decoding) in place of the "
                         "ext_proc: Envoy's own share of (b)")
+    p.add_argument("--peers", action="store_true",
+                   help="also measure the LiteLLM proxy, Portkey's gateway and a minimal FastAPI + httpx proxy "
+                        "(one worker each; throughput only; install them first with bench/peers_setup.sh)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to save the results (default {DEFAULT_JSON})")
     p.add_argument("--keep", action="store_true", help="keep the run directory (configs, logs)")
     return p
@@ -115,6 +123,7 @@ class Bench:
         self.processes = processes
         self.body_file = processes.directory / "chat.json"
         self.body_file.write_bytes(load.chat_body())
+        self.upstream: Upstream | None = None  # set once started: counts what reached it
 
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -123,19 +132,25 @@ class Bench:
         """Warm up, then one measured wrk run; CPU from /proc before and after."""
         a = self.args
         if a.warmup > 0:
-            load.run_wrk(target.url, self.body_file, connections, a.wrk_threads, a.warmup)
+            load.run_wrk(target.url, self.body_file, connections, a.wrk_threads, a.warmup, target.headers)
         self.processes.check_alive()
         ext_pids = target.extproc.tree() if target.extproc else []
-        envoy_pids = [target.envoy.pid]
+        envoy_pids = [target.envoy.pid] if target.envoy else []
+        peer_pids = target.peer.tree() if target.peer else []
         ext_before, envoy_before = cpu_seconds(ext_pids), cpu_seconds(envoy_pids)
+        peer_before = cpu_seconds(peer_pids)
+        upstream_before = self.upstream.ok_responses() if self.upstream else 0
         busy_before = machine_busy_seconds()
-        result = load.run_wrk(target.url, self.body_file, connections, a.wrk_threads, a.duration)
+        result = load.run_wrk(target.url, self.body_file, connections, a.wrk_threads, a.duration, target.headers)
         ext_cpu, envoy_cpu = cpu_seconds(ext_pids) - ext_before, cpu_seconds(envoy_pids) - envoy_before
+        peer_cpu = cpu_seconds(peer_pids) - peer_before
         busy = machine_busy_seconds() - busy_before
+        upstream_ok = self.upstream.ok_responses() - upstream_before if self.upstream else None
         self.processes.check_alive()
         n = max(result.requests, 1)
         row = {
             "setup": target.label,
+            "peer": target.name or None,
             "extproc_workers": target.workers,
             "connections": connections,
             "requests": result.requests,
@@ -147,13 +162,20 @@ class Bench:
             "max_ms": result.max_ms,
             "errors": result.errors,
             "extproc_cpu_us_per_req": round(ext_cpu / n * 1e6, 1) if target.extproc else None,
-            "envoy_cpu_us_per_req": round(envoy_cpu / n * 1e6, 1),
-            # Everything on the machine: wrk, the upstream, Envoy, the ext_proc.
+            "envoy_cpu_us_per_req": round(envoy_cpu / n * 1e6, 1) if target.envoy else None,
+            # A peer's own process and its children: all it spends (it has no Envoy or ext_proc).
+            "peer_cpu_us_per_req": round(peer_cpu / n * 1e6, 1) if target.peer else None,
+            # 2xx answers of the fake upstream while wrk measured (a few more than `requests`: the
+            # requests still in flight when wrk stopped): proof that the requests got there.
+            "upstream_2xx": upstream_ok,
+            # Everything on the machine: wrk, the upstream, Envoy, the ext_proc (or the peer).
             "machine_cpu_us_per_req": round(busy / n * 1e6, 1),
         }
         self.log(f"  {target.label:>3} c={connections:<3} {row['rps']:>9.1f} req/s  p50 {row['p50_ms']:.3f} ms  "
                  f"p99 {row['p99_ms']:.3f} ms  errors {row['errors']}"
-                 + (f"  ext_proc {row['extproc_cpu_us_per_req']} us/req" if target.extproc else ""))
+                 + (f"  ext_proc {row['extproc_cpu_us_per_req']} us/req" if target.extproc else "")
+                 + (f"  {target.name} {row['peer_cpu_us_per_req']} us/req, upstream 2xx {upstream_ok}"
+                    if target.peer else ""))
         return row
 
     def streaming(self, target: Target) -> dict[str, Any]:
@@ -298,6 +320,19 @@ def _setup_name(label: str, workers: int) -> str:
     return f"b: + ext_proc x{workers}"
 
 
+def _peers_note(peers: list[dict[str, Any]]) -> str:
+    """What the peer rows are: versions, how they ran, and the peers that were skipped."""
+    ran = [f"{x['name']} ({', '.join(f'{k} {v}' for k, v in x['versions'].items())})"
+           for x in peers if not x["skipped"]]
+    skipped = [f"{x['setup']}: skipped: {x['skipped']}" for x in peers if x["skipped"]]
+    return "\n".join([
+        "Peers (--peers), one worker each, against the same upstream: " + ("; ".join(ran) or "none ran") + ".",
+        "Their ratio and p50 +ms are against (a) too; peer CPU is the peer's whole process tree (it has no "
+        "Envoy or ext_proc).",
+        *skipped,
+    ])
+
+
 def report(results: dict[str, Any]) -> str:
     m = results["machine"]
     p = results["parameters"]
@@ -311,17 +346,23 @@ def report(results: dict[str, Any]) -> str:
         "Throughput and latency (POST /v1/chat/completions, non-streaming):",
     ]
     a_rows = {r["connections"]: r for r in results["throughput"] if r["setup"] == "a"}
+    # The peers' column only when they ran: without --peers the table stays as it was.
+    with_peers = any(r.get("peer") for r in results["throughput"])
     rows = []
     for r in results["throughput"]:
         base = a_rows.get(r["connections"])
         ratio = _ratio(r["rps"], base["rps"]) if base and r["setup"] != "a" else None
         added = r["p50_ms"] - base["p50_ms"] if base and r["setup"] != "a" else None
-        rows.append([str(r["connections"]), _setup_name(r["setup"], r["extproc_workers"]), _fmt(r["rps"], 0),
-                     _fmt(r["p50_ms"], 3), _fmt(r["p99_ms"], 3), str(r["errors"]), _fmt(ratio),
+        rows.append([str(r["connections"]), r.get("peer") or _setup_name(r["setup"], r["extproc_workers"]),
+                     _fmt(r["rps"], 0), _fmt(r["p50_ms"], 3), _fmt(r["p99_ms"], 3), str(r["errors"]), _fmt(ratio),
                      _fmt(added, 3), _fmt(r["extproc_cpu_us_per_req"], 0), _fmt(r["envoy_cpu_us_per_req"], 0),
+                     *([_fmt(r.get("peer_cpu_us_per_req"), 0)] if with_peers else []),
                      _fmt(r["machine_cpu_us_per_req"], 0)])
     out.append(_table(["conns", "setup", "req/s", "p50 ms", "p99 ms", "errors", "ratio b/a", "p50 +ms",
-                       "ext_proc CPU us/req", "Envoy CPU us/req", "all CPU us/req"], rows))
+                       "ext_proc CPU us/req", "Envoy CPU us/req", *(["peer CPU us/req"] if with_peers else []),
+                       "all CPU us/req"], rows))
+    if results.get("peers"):
+        out.append(_peers_note(results["peers"]))
     if results.get("streaming"):
         out += ["", f"SSE streaming ({p['sse_chunks']} chunks every {p['sse_interval_ms']:g} ms, "
                     f"{p['streams']} streams each, one at a time on a keep-alive connection):"]
@@ -369,22 +410,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "upstream_concurrency": args.upstream_concurrency, "wrk_threads": args.wrk_threads,
             "body_bytes": len(load.chat_body()), "streams": args.streams, "sse_chunks": args.sse_chunks,
             "sse_interval_ms": args.sse_interval_ms, "large_body_bytes": len(load.chat_body(args.large_body_bytes)),
-            "large_body_requests": args.large_body_requests, "soak_s": args.soak,
+            "large_body_requests": args.large_body_requests, "soak_s": args.soak, "peers": args.peers,
         },
-        "throughput": [], "streaming": [], "large_body": [], "soak": None, "profile": None,
+        "throughput": [], "streaming": [], "large_body": [], "soak": None, "profile": None, "peers": [],
     }
     try:
         bench = Bench(args, processes)
         bench.log(f"run directory: {directory}")
         upstream = start_upstream(processes, args.upstream_concurrency, args.sse_chunks, args.sse_interval_ms)
-        targets = [start_plain(processes, upstream, args.envoy_concurrency)]
-        targets += [start_gateway(processes, upstream, n, args.envoy_concurrency) for n in workers]
+        bench.upstream = upstream
+        targets = [start_plain(processes, upstream.url, args.envoy_concurrency)]
+        targets += [start_gateway(processes, upstream.url, n, args.envoy_concurrency) for n in workers]
         for flag, variant in ((args.grpcio, "g"), (args.floor, "f")):
             if flag:
-                targets += [start_gateway(processes, upstream, n, args.envoy_concurrency, variant) for n in workers]
-        bench.log("throughput (a, then b with each process count, per connection count):")
+                targets += [start_gateway(processes, upstream.url, n, args.envoy_concurrency, variant)
+                            for n in workers]
+        peers: list[Target] = []
+        if args.peers:
+            bench.log("peers:")
+            peers, results["peers"] = start_peers(processes, upstream, bench.body_file.read_bytes(), bench.log)
+        bench.log("throughput (a, then b with each process count" + (", then the peers" if peers else "")
+                  + ", per connection count):")
         for c in connections:
-            for target in targets:
+            # The peers only here: streaming, the large body and the soak are about (a) and (b).
+            for target in targets + peers:
                 results["throughput"].append(bench.point(target, c))
         if args.streams > 0:
             bench.log("streaming:")

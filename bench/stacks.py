@@ -1,5 +1,6 @@
 """The three things the benchmark starts: the fake Azure upstream, Envoy alone (a), and the
-project's stack (b: Envoy + the ext_proc workers), all on free loopback ports.
+project's stack (b: Envoy + the ext_proc workers), all on free loopback ports (the peers of
+`--peers` are in bench/peers.py).
 
 (a) is the project's own rendered Envoy config with the ext_proc filter removed and one route to
 the upstream: the same listener, access log, buffer limit and connection settings, so the
@@ -9,15 +10,17 @@ difference between (a) and (b) is the Python hop and nothing else.
 from __future__ import annotations
 
 import os
+import re
 import sys
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from extproc import envoy_config
-from extproc.config import load_settings
+from extproc.config import DEFAULT_API_VERSION, load_settings
 from extproc.runtime.processes import free_port, http_ok
 
 from .procs import Proc, Processes, wait_until
@@ -26,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SERVER_API_KEY = "bench-azure-key"
 MODEL_MAP = {"gpt-4o": "prod-chat"}
+API_VERSION = DEFAULT_API_VERSION  # what the gateway sends upstream (_gateway_config sets none)
 
 
 @dataclass
@@ -34,9 +38,26 @@ class Target:
 
     label: str
     url: str
-    envoy: Proc
+    envoy: Proc | None  # None for a peer: it has no Envoy
     extproc: Proc | None = None
     workers: int = 0
+    peer: Proc | None = None  # a peer's own process (bench/peers.py), with its workers
+    name: str = ""  # a peer's name and version, for the report
+    headers: dict[str, str] = field(default_factory=dict)  # sent by wrk beside chat.lua's
+
+
+@dataclass
+class Upstream:
+    url: str
+    admin: str
+
+    def ok_responses(self) -> int:
+        """The 2xx responses the fake upstream has sent so far: proof that a target's requests got there."""
+        url = f"{self.admin}/stats?filter=downstream_rq_2xx"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own loopback URL
+            text = response.read().decode()
+        found = re.search(r"^http\.upstream\.downstream_rq_2xx: (\d+)$", text, re.MULTILINE)
+        return int(found.group(1)) if found else 0
 
 
 def _envoy_argv(config: Path, concurrency: int) -> list[str]:
@@ -49,8 +70,8 @@ def _dump(config: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def start_upstream(processes: Processes, concurrency: int, sse_chunks: int, sse_interval_ms: float) -> str:
-    """The fake Azure resource: Envoy's direct_response, and the SSE server behind it. Returns its URL."""
+def start_upstream(processes: Processes, concurrency: int, sse_chunks: int, sse_interval_ms: float) -> Upstream:
+    """The fake Azure resource: Envoy's direct_response (200 on any path), and the SSE server behind it."""
     sse_port, port, admin = free_port(), free_port(), free_port()
     processes.start("sse-server", [sys.executable, "-m", "bench.sse_server", "--port", str(sse_port),
                                    "--chunks", str(sse_chunks), "--interval-ms", str(sse_interval_ms)],
@@ -64,7 +85,7 @@ def start_upstream(processes: Processes, concurrency: int, sse_chunks: int, sse_
     path = _dump(config, processes.directory / "upstream-envoy.yaml")
     processes.start("upstream-envoy", _envoy_argv(path, concurrency), stdout=Path(os.devnull))
     wait_until(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), processes, "the upstream Envoy")
-    return f"http://127.0.0.1:{port}"
+    return Upstream(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}")
 
 
 def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrency: int) -> tuple[Path, dict[str, Any]]:
