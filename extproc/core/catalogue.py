@@ -92,20 +92,24 @@ AZURE_UPLOAD_PREFIXES = ("/openai/files", "/openai/v1/files", "/openai/uploads",
 
 
 AZURE_FORM_PREFIX = "/openai"  # requests already in Azure form
+# Azure-form paths that name their deployment: decided from the path, the body never read. (The second is
+# not a path of Azure's v1 surface today, but a reader could serve it as one: it is checked the same way.)
+AZURE_DEPLOYMENT_PATH_PREFIXES = ("/openai/deployments/", "/openai/v1/deployments/")
 
 
 def headers_only_prefixes(bodies_checked: bool) -> tuple[str, ...]:
     """The paths whose bodies Envoy streams without buffering them for the ext_proc (their routes'
     ext_proc body mode is NONE): the streamed endpoints and the Azure form. Under `unmapped_models:
     reject` (`bodies_checked`) the ext_proc reads the body of every other POST there (it may name a
-    deployment), so only the uploads keep streaming and the rest is buffered by its route: a route
-    switched from NONE to BUFFERED by the headers' answer lets Envoy forward a chunked body over the
-    limit, or hand the ext_proc only part of it (tests/hostile/test_body_limits.py)."""
+    deployment), so only the uploads and the paths that name their deployment keep streaming, and the
+    rest is buffered by its route: a route switched from NONE to BUFFERED by the headers' answer lets
+    Envoy forward a chunked body over the limit, or hand the ext_proc only part of it
+    (tests/hostile/test_body_limits.py)."""
     streamed = [op for op in CATALOGUE if op.upload is Upload.STREAMED]
     if not bodies_checked:
         return (*(op.openai_path for op in streamed), AZURE_FORM_PREFIX)
     uploads = [op.openai_path for op in streamed if f"/openai/{op.path}".startswith(AZURE_UPLOAD_PREFIXES)]
-    return (*uploads, *AZURE_UPLOAD_PREFIXES)
+    return (*uploads, *AZURE_UPLOAD_PREFIXES, *(prefix.rstrip("/") for prefix in AZURE_DEPLOYMENT_PATH_PREFIXES))
 
 
 def markdown_table() -> str:

@@ -19,16 +19,13 @@ from ..auth.upstream import Headers
 from ..routing import Backend
 from . import errors
 from .bodies import BodyModel, model_name, read_model
-from .catalogue import AZURE_UPLOAD_PREFIXES
+from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_UPLOAD_PREFIXES
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead
 from .gateway import Gateway
 from .jsonbody import InvalidJson, TooManyMembers, replace_top_level_string
 from .multipart import is_multipart, replace_field
 from .paths import azure_form_segments_ok, escapes_its_prefix, has_api_version, query_values, without_credentials
-from .routes import AZURE_DEPLOYMENTS_PREFIX, BodyRoute, ResourceRoute
-
-# Not a path of Azure's v1 surface today, but a reader could serve it as one: checked like the classic form.
-AZURE_V1_DEPLOYMENTS_PREFIX = "/openai/v1/deployments/"
+from .routes import BodyRoute, ResourceRoute
 
 AZURE_METHODS = frozenset({"GET", "POST", "DELETE"})  # what Azure's data-plane API uses (OPTIONS: CORS, later)
 _Family = Callable[[RequestHead, str, str], HeadersDecision]  # (head, path, query) -> decision
@@ -157,7 +154,7 @@ class Translator:
             if not self._models.allows_deployment(deployment):
                 return errors.deployment_not_found(deployment, self._models.known_deployments)
         lowered = path.lower()
-        for prefix in (AZURE_DEPLOYMENTS_PREFIX, AZURE_V1_DEPLOYMENTS_PREFIX):
+        for prefix in AZURE_DEPLOYMENT_PATH_PREFIXES:
             if lowered.startswith(prefix):
                 # Azure serves the deployment in the path (matched case-insensitively, as Azure may);
                 # a model in the body is not read for routing.

@@ -245,6 +245,27 @@ def test_a_chunked_azure_form_body_over_the_limit_is_413(gateway_for, sender_for
     report.assert_clean()
 
 
+def test_an_azure_form_upload_decided_from_its_headers_streams_past_the_limit(gateway_for, sender_for, upstream,
+                                                                             report: Report) -> None:
+    """Under reject the Azure-form routes buffer bodies (above), yet a request whose deployment is in its
+    path is decided from its headers and switched to streaming: an audio upload over the limit reaches
+    Azure whole, with Content-Length or chunked."""
+    rng = random.Random("azure-form-upload")
+    path = "/openai/deployments/prod-whisper/audio/transcriptions"
+    _, make = routes("reject")["/v1/audio/transcriptions"]
+    cases = []
+    for size, chunked in ((BODY_LIMIT * 3, False), (BODY_LIMIT * 3 + 7, True)):
+        secret = new_secret(rng)
+        ctype, body = make(rng, size)
+        headers = [("content-type", ctype), ("authorization", f"Bearer {secret}")]
+        target = path + "?api-version=2024-10-21"
+        cases.append(Case(f"{size} B upload on {path}{' chunked' if chunked else ''}", "POST", target, headers, body,
+                          Expect.FORWARDED, secrets=(secret,), upstream=all_of_it(path, size),
+                          raw=chunked_request(target, headers, body, rng, chunk=65_536) if chunked else None))
+    run_cases(cases, sender_for(gateway_for("reject"), "http1-raw"), upstream, report)
+    report.assert_clean()
+
+
 # --- class 9 -----------------------------------------------------------------------------------------
 
 

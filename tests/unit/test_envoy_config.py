@@ -223,8 +223,8 @@ def test_extproc_workers_are_health_checked(tmp_path: Path, tls) -> None:
 def test_streamed_routes_come_from_the_catalogue(tmp_path: Path, tls, policy: str) -> None:
     """Each endpoint the catalogue streams (and the Azure form) gets a route whose ext_proc mode reads
     no body; every other path is buffered. Under reject, where the ext_proc reads those bodies too, only
-    the uploads stream (a body is never switched to buffered by the headers' answer). The HTTP and HTTPS
-    listeners route alike."""
+    the uploads and the paths that name their deployment stream (a body is never switched to buffered by
+    the headers' answer). The HTTP and HTTPS listeners route alike."""
     from extproc.core.catalogue import AZURE_UPLOAD_PREFIXES, CATALOGUE, Upload
 
     config = envoy_config.render(settings_for(tmp_path, AOAI_GATEWAY_UNMAPPED_MODELS=policy), tls)
@@ -245,7 +245,8 @@ def test_streamed_routes_come_from_the_catalogue(tmp_path: Path, tls, policy: st
     clusters = {c["name"] for c in config["static_resources"]["clusters"]}
     assert "aoai_gateway_undecided" not in clusters
     if policy == "reject":
-        expected = {"/v1/files": "NONE"} | {prefix: "NONE" for prefix in AZURE_UPLOAD_PREFIXES}
+        expected = {"/v1/files": "NONE"} | {prefix: "NONE" for prefix in AZURE_UPLOAD_PREFIXES} | {
+            "/openai/deployments": "NONE", "/openai/v1/deployments": "NONE"}
     else:
         expected = {op.openai_path: "NONE" for op in CATALOGUE if op.upload is Upload.STREAMED} | {"/openai": "NONE"}
         assert "/v1/responses/" in expected and "/v1/files" in expected
