@@ -153,6 +153,8 @@ def start_portkey(processes: Processes, upstream: Upstream, body: bytes) -> Star
         "x-portkey-azure-api-version": API_VERSION,
         "x-portkey-custom-host": f"{upstream.url}/openai",  # it appends /deployments/<id>/chat/completions
     }
+    # Note: start-server.js 1.15.2 has no host option (hono's serve({fetch, port})): while the bench
+    # runs, Portkey listens on every interface, unlike every other process here (loopback only).
     argv = [node, str(package / "build" / "start-server.js"), "--headless", f"--port={port}"]
     return _start(processes, info, argv, _peer_env({"NODE_ENV": "production"}), port, body, headers)
 
