@@ -94,7 +94,8 @@ AZURE_UPLOAD_PREFIXES = ("/openai/files", "/openai/v1/files", "/openai/uploads",
 AZURE_FORM_PREFIX = "/openai"  # requests already in Azure form
 # Azure-form paths that name their deployment: decided from the path, the body never read. (The second is
 # not a path of Azure's v1 surface today, but a reader could serve it as one: it is checked the same way.)
-AZURE_DEPLOYMENT_PATH_PREFIXES = ("/openai/deployments/", "/openai/v1/deployments/")
+AZURE_DEPLOYMENTS_PREFIX = "/openai/deployments/"
+AZURE_DEPLOYMENT_PATH_PREFIXES = (AZURE_DEPLOYMENTS_PREFIX, "/openai/v1/deployments/")
 
 
 def headers_only_prefixes(bodies_checked: bool) -> tuple[str, ...]:

@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 from urllib.parse import quote
 
-from .catalogue import CATALOGUE, ModelIn, Operation, Scope, Upload
+from .catalogue import AZURE_DEPLOYMENTS_PREFIX, CATALOGUE, ModelIn, Operation, Scope, Upload
 from .paths import QueryMerger, query_merger
-
-AZURE_DEPLOYMENTS_PREFIX = "/openai/deployments/"
 
 
 @dataclass(frozen=True, slots=True)

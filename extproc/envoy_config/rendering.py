@@ -95,7 +95,7 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         listener["per_connection_buffer_limit_bytes"] = min(
             listener["per_connection_buffer_limit_bytes"], settings.limits.max_request_body_bytes)
         idle = _seconds(settings.envoy.upstream_idle_timeout_seconds)
-        rejects = settings.unmapped_models is UnmappedModelPolicy.REJECT
+        streamed = headers_only_prefixes(settings.unmapped_models is UnmappedModelPolicy.REJECT)
         for hcm in _connection_managers(listener):
             hcm["stream_idle_timeout"] = idle
             window = hcm.get("http2_protocol_options", {}).get("initial_stream_window_size", 0)
@@ -104,7 +104,7 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
                                   "limits.max_request_body_bytes: HTTP/2 bodies would be held to the window")
             for vhost in hcm["route_config"]["virtual_hosts"]:
                 vhost["request_body_buffer_limit"] = settings.limits.max_request_body_bytes
-                _streamed_routes_from_catalogue(vhost["routes"], headers_only_prefixes(rejects))
+                _streamed_routes_from_catalogue(vhost["routes"], streamed)
                 body_idle = _seconds(settings.limits.body_idle_timeout_seconds)
                 for route in vhost["routes"]:
                     # Undecided (the body is still arriving): a body that stops gets a 408 soon;

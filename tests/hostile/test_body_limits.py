@@ -247,9 +247,9 @@ def test_a_chunked_azure_form_body_over_the_limit_is_413(gateway_for, sender_for
 
 def test_an_azure_form_upload_decided_from_its_headers_streams_past_the_limit(gateway_for, sender_for, upstream,
                                                                              report: Report) -> None:
-    """Under reject the Azure-form routes buffer bodies (above), yet a request whose deployment is in its
-    path is decided from its headers and switched to streaming: an audio upload over the limit reaches
-    Azure whole, with Content-Length or chunked."""
+    """Under reject most Azure-form bodies are buffered (above), but a path that names its deployment is
+    decided from the path and keeps a streaming route: an audio upload over the limit reaches Azure whole,
+    with Content-Length or chunked."""
     rng = random.Random("azure-form-upload")
     path = "/openai/deployments/prod-whisper/audio/transcriptions"
     _, make = routes("reject")["/v1/audio/transcriptions"]
