@@ -6,7 +6,7 @@ file) is refused here, so the model checked is the model Azure serves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import errors
 from .decision import Reply
@@ -14,8 +14,7 @@ from .jsonbody import InvalidJson, TooManyMembers, kind_of, names_more_than_once
 from .multipart import DuplicateFieldError, FormField, MultipartError, TooManyParts, boundary_of, find_field, is_multipart
 
 
-@dataclass(frozen=True, slots=True)
-class BodyModel:
+class BodyModel(NamedTuple):
     """What a body names: its `model` (None when absent or not a string) and, for multipart bodies,
     where that value lies (for an in-place rewrite)."""
 

@@ -90,10 +90,17 @@ def names_more_than_once(body: bytes, document: dict[str, object], key: str) -> 
     """
     if len(document) > MAX_TOP_LEVEL_MEMBERS:
         raise TooManyMembers(f"{len(document)} top-level members")
+    plain = b"\x00" not in body and b"\\u" not in body  # (UTF-16 and UTF-32 bodies have NULs; UTF-8 never)
+    quoted = b'"' + key.encode() + b'"'
+    if plain and body.isascii():
+        # Every name as written, ASCII: a case variant of `key` would show in the lowered bytes.
+        count = body.count(quoted)
+        if count <= 1 and body.lower().count(quoted) == count:
+            return False
     if any(name != key and name.lower() == key for name in document):
         return True
-    if b"\x00" not in body and b"\\u" not in body and body.count(b'"' + key.encode() + b'"') <= 1:
-        return False  # (UTF-16 and UTF-32 bodies have NULs; a UTF-8 one never has a raw NUL)
+    if plain and body.count(quoted) <= 1:
+        return False
     return count_top_level(body, key) > 1
 
 

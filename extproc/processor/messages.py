@@ -42,28 +42,27 @@ def _encode(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def _decode(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")
-
-
 def request_head(headers: pb.HttpHeaders) -> RequestHead:
-    """Pick the few headers the core reads, in one pass."""
+    """Pick the few headers the core reads, in one pass (Envoy's forward_rules send only these).
+    Each attribute read of a protobuf message costs about a microsecond here: each is read once."""
     method = path = content_type = authorization = api_key = ""
     content_length = -1
     for header in headers.headers.headers:
         key = header.key
+        raw = header.raw_value
+        value = raw.decode("utf-8", "surrogateescape")
         if key == ":path":
-            path = _decode(header.raw_value)
+            path = value
         elif key == ":method":
-            method = _decode(header.raw_value)
+            method = value
         elif key == "content-type":
-            content_type = _decode(header.raw_value)
+            content_type = value
         elif key == "authorization":
-            authorization = _decode(header.raw_value)
+            authorization = value
         elif key == "api-key":
-            api_key = _decode(header.raw_value)
-        elif key == "content-length" and header.raw_value.isdigit():  # Envoy has checked it is one number
-            content_length = int(header.raw_value)
+            api_key = value
+        elif key == "content-length" and raw.isdigit():  # Envoy has checked it is one number
+            content_length = int(raw)
     return RequestHead(method, path, content_type, authorization, api_key, not headers.end_of_stream, content_length)
 
 

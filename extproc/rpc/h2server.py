@@ -72,6 +72,7 @@ OUR_SETTINGS = frame(SETTINGS, 0, 0, struct.pack(">HIHI", SETTINGS_INITIAL_WINDO
 # The connection's receive window starts at 65,535 whatever the settings say: open it fully at once.
 OPENING = OUR_SETTINGS + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - 65535))
 OK_TRAILERS = _literal(b"grpc-status", b"0")
+RST_NO_ERROR = struct.pack(">I", NO_ERROR)
 
 
 def _trailers(status: int, message: str = "") -> bytes:
@@ -162,7 +163,7 @@ class Http2Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._preface_seen = False
         self._decoder = hpack.Decoder()
-        self._header_cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._header_cache: dict[bytes, bytes] = {}  # header block -> its :path
         self._streams: dict[int, _Stream] = {}
         self._last_stream = 0
         self._continuation: tuple[int, int, bytearray] | None = None  # stream, flags, header block so far
@@ -186,40 +187,47 @@ class Http2Connection(asyncio.Protocol):
         self._streams.clear()
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        # Most reads hold whole frames: they are parsed in place, and only a partial frame is kept.
+        if self._buffer:
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
         try:
-            self._process()
+            used = self._process(data)
         except _ConnectionError as exc:
             log.warning("closing an HTTP/2 connection: %s", exc)
             self._out.append(frame(GOAWAY, 0, 0, struct.pack(">II", self._last_stream, exc.code)))
             self._flush_output()
             self.transport.close()  # type: ignore[union-attr]
             return
+        if used < len(data):
+            self._buffer += memoryview(data)[used:]
         self._flush_output()
         if self._going_away and not self._streams:
             self.transport.close()  # type: ignore[union-attr]
 
     # --- frames -------------------------------------------------------------------------------------
 
-    def _process(self) -> None:
-        buffer = self._buffer
+    def _process(self, data: bytes) -> int:
+        """Handle the whole frames in `data`; return how many bytes they took."""
+        pos = 0
         if not self._preface_seen:
-            if len(buffer) < len(PREFACE):
-                return
-            if buffer[: len(PREFACE)] != PREFACE:
+            if len(data) < len(PREFACE):
+                return 0
+            if data[: len(PREFACE)] != PREFACE:
                 raise _ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
-            del buffer[: len(PREFACE)]
+            pos = len(PREFACE)
             self._preface_seen = True
-        pos, end = 0, len(buffer)
+        end = len(data)
         while end - pos >= 9:
-            high, low, kind, flags, stream = _FRAME_HEAD.unpack_from(buffer, pos)
+            high, low, kind, flags, stream = _FRAME_HEAD.unpack_from(data, pos)
             length = high << 8 | low
             if length > OUR_MAX_FRAME:
                 raise _ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
             if end - pos < 9 + length:
                 break
             stream &= 0x7FFFFFFF
-            payload = bytes(buffer[pos + 9 : pos + 9 + length])
+            payload = data[pos + 9 : pos + 9 + length]
             pos += 9 + length
             if self._continuation is not None and kind != CONTINUATION:
                 raise _ConnectionError(PROTOCOL_ERROR, "header block interrupted")
@@ -227,6 +235,8 @@ class Http2Connection(asyncio.Protocol):
                 self._on_data(stream, flags, payload)
             elif kind == HEADERS:
                 self._on_headers(stream, flags, payload)
+            elif kind == RST_STREAM:
+                self._streams.pop(stream, None)
             elif kind == CONTINUATION:
                 self._on_continuation(stream, flags, payload)
             elif kind == SETTINGS:
@@ -237,14 +247,12 @@ class Http2Connection(asyncio.Protocol):
             elif kind == PING:
                 if not flags & ACK:
                     self._out.append(frame(PING, ACK, 0, payload))
-            elif kind == RST_STREAM:
-                self._streams.pop(stream, None)
             elif kind == GOAWAY:
                 self._going_away = True
             elif kind == PUSH_PROMISE:
                 raise _ConnectionError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
             # PRIORITY and unknown frame types are ignored, as RFC 9113 asks.
-        del buffer[:pos]
+        return pos
 
     @staticmethod
     def _unpad(flags: int, payload: bytes) -> bytes:
@@ -274,25 +282,28 @@ class Http2Connection(asyncio.Protocol):
             self._continuation = None
             self._on_header_block(stream_id, first_flags, bytes(block))
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        # Envoy sends the same headers on every stream: after the first, the same bytes each time.
+    def _method_of(self, block: bytes) -> bytes:
+        """The request's :path (its gRPC method), from a header block. Every block is decoded, as
+        that keeps the HPACK state in step; Envoy sends the same headers on every stream, so after
+        the first, the same bytes each time, and a block that leaves the table alone is decoded once."""
         cached = self._header_cache.get(block)
         if cached is not None:
             return cached
         try:
-            headers = list(self._decoder.decode(block, raw=True))
+            headers = self._decoder.decode(block, raw=True)
         except hpack.HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"HPACK: {exc}") from None
+        path = next((value for name, value in headers if name == b":path"), b"")
         if _leaves_table_alone(block):
             if len(self._header_cache) >= HEADER_CACHE_SIZE:
                 self._header_cache.clear()
-            self._header_cache[block] = headers  # type: ignore[assignment]
+            self._header_cache[block] = path  # type: ignore[assignment]
         else:
             self._header_cache.clear()  # the dynamic table may have changed
-        return headers  # type: ignore[return-value]
+        return path  # type: ignore[return-value]
 
     def _on_header_block(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self._decode(block)  # always decoded: it keeps the HPACK state in step
+        path = self._method_of(block)
         if stream_id == 0 or stream_id % 2 == 0:
             raise _ConnectionError(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
         if stream_id <= self._last_stream:
@@ -305,7 +316,6 @@ class Http2Connection(asyncio.Protocol):
         if self._going_away:
             self._out.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", 0x7)))  # REFUSED_STREAM
             return
-        path = next((value for name, value in headers if name == b":path"), b"")
         factory = self._methods.get(path)
         stream = _Stream(factory() if factory is not None else None, self._initial_window)
         self._streams[stream_id] = stream
@@ -326,14 +336,18 @@ class Http2Connection(asyncio.Protocol):
         data = self._unpad(flags, payload)
         stream.remote_closed = bool(flags & END_STREAM)
         if stream.call is not None and stream.trailers is None:
-            stream.pending += data
-            self._on_messages(stream_id, stream)
+            if (not stream.pending and len(data) >= 5 and data[0] == 0
+                    and int.from_bytes(data[1:5], "big") == len(data) - 5 <= self._max_message):
+                self._on_message(stream_id, stream, data[5:])  # the usual case: one whole message
+            else:
+                stream.pending += data
+                self._on_messages(stream_id, stream)
         if stream.remote_closed and stream_id in self._streams:
             self._on_remote_end(stream_id, stream)
 
     def _on_messages(self, stream_id: int, stream: _Stream) -> None:
         pending = stream.pending
-        while len(pending) >= 5:
+        while len(pending) >= 5 and stream.trailers is None:
             size = int.from_bytes(pending[1:5], "big")
             if size > self._max_message:
                 self._finish(stream_id, stream, RESOURCE_EXHAUSTED, f"message of {size} bytes is over the limit")
@@ -345,19 +359,41 @@ class Http2Connection(asyncio.Protocol):
                 return
             message = bytes(pending[5 : 5 + size])
             del pending[: 5 + size]
-            try:
-                responses, done = stream.call.on_message(message)  # type: ignore[union-attr]
-            except RpcError as exc:
-                self._finish(stream_id, stream, exc.status, exc.message)
+            self._on_message(stream_id, stream, message)
+
+    def _on_message(self, stream_id: int, stream: _Stream, message: bytes) -> None:
+        try:
+            responses, done = stream.call.on_message(message)  # type: ignore[union-attr]
+        except RpcError as exc:
+            self._finish(stream_id, stream, exc.status, exc.message)
+            return
+        except Exception:
+            log.exception("the handler failed")
+            self._finish(stream_id, stream, UNKNOWN, "the ext_proc failed; see its log")
+            return
+        if len(responses) == 1 and not stream.outbox:
+            # The usual case, in one piece: [response headers,] one DATA frame [, trailers, RST_STREAM].
+            message = responses[0]
+            size = len(message) + 5
+            if size <= self._window and size <= stream.window and size <= self._max_frame:
+                self._window -= size
+                stream.window -= size
+                out = self._out
+                if not stream.started:
+                    stream.started = True
+                    out.append(frame(HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS))
+                out.append(_FRAME_HEAD.pack(size >> 8, size & 0xFF, DATA, 0, stream_id)
+                           + b"\x00" + len(message).to_bytes(4, "big") + message)
+                if done:
+                    stream.trailers = OK_TRAILERS
+                    out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, OK_TRAILERS))
+                    if not stream.remote_closed:
+                        out.append(frame(RST_STREAM, 0, stream_id, RST_NO_ERROR))
+                    del self._streams[stream_id]
                 return
-            except Exception:
-                log.exception("the handler failed")
-                self._finish(stream_id, stream, UNKNOWN, "the ext_proc failed; see its log")
-                return
-            self._send(stream_id, stream, responses)
-            if done:
-                self._finish(stream_id, stream, OK)
-                return
+        self._send(stream_id, stream, responses)
+        if done:
+            self._finish(stream_id, stream, OK)
 
     def _on_remote_end(self, stream_id: int, stream: _Stream) -> None:
         stream.remote_closed = True
@@ -433,7 +469,7 @@ class Http2Connection(asyncio.Protocol):
             self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, stream.trailers))
             if not stream.remote_closed:
                 # As grpc's own servers do: the response is complete, the client need send no more.
-                self._out.append(frame(RST_STREAM, 0, stream_id, struct.pack(">I", NO_ERROR)))
+                self._out.append(frame(RST_STREAM, 0, stream_id, RST_NO_ERROR))
             del self._streams[stream_id]
 
     def _flush_blocked(self) -> None:
