@@ -11,6 +11,7 @@ from typing import Callable, Coroutine
 
 from .server import start_emulator
 from .settings import DEFAULT_API_KEY, DEFAULT_DEPLOYMENTS, EmulatorSettings
+from .throttling import ThrottleSpec
 
 log = logging.getLogger("extproc.emulator")
 
@@ -20,6 +21,13 @@ def _deployment(value: str) -> tuple[str, str]:
     if not sep or not name or not model:
         raise argparse.ArgumentTypeError(f"expected NAME=MODEL, got {value!r}")
     return name, model
+
+
+def _throttle(text: str) -> ThrottleSpec:
+    try:
+        return ThrottleSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a deployment beside the default set (or beside --deployment's; repeatable)",
     )
+    parser.add_argument(
+        "--throttle",
+        action="append",
+        dest="throttles",
+        default=[],
+        type=_throttle,
+        metavar="SPEC",
+        help="fail matching requests, e.g. deployment=gpt-4o,status=429,retry_after=30[,count=N][,percent=P]"
+        " (repeatable; an empty SPEC: 429 for every request; see /_emulator/throttle)",
+    )
     parser.add_argument("--chunk-interval-ms", type=float, default=0.0, help="default pause between streamed chunks")
     parser.add_argument("--log-level", default="INFO", help="DEBUG logs one line per request")
     return parser
@@ -71,6 +89,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         port=args.port,
         ssl_context=ssl_context,
         default_chunk_interval_s=args.chunk_interval_ms / 1000,
+        throttles=tuple(args.throttles),
     )
 
 

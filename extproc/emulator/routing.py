@@ -147,6 +147,8 @@ def endpoint(operation: Operation, surface: Surface) -> Handler:
         _check_body(body, operation.body)
         if capability is not None and surface is not Surface.DEPLOYMENT:
             deployment = resolve_deployment(deployments, _model_from_body(body), capability)
+        if deployment is not None and (throttled := state.throttles.check(deployment.name, operation.name, api_version)):
+            raise throttled
         faults = FaultPlan.from_headers(request.headers, state.settings.default_chunk_interval_s)
         await faults.apply(operation.name, api_version)
         if deployment is not None:

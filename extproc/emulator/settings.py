@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from .throttling import ThrottleSpec
+
 DEFAULT_API_KEY = "emulator-key"
 
 MIB = 1024 * 1024
@@ -106,6 +108,8 @@ class EmulatorSettings:
     ssl_context: ssl.SSLContext | None = None
     # Pause between streamed chunks unless a request asks for another one.
     default_chunk_interval_s: float = 0.0
+    # Throttling rules in force from the start (throttling.py); more can be added at run time.
+    throttles: tuple[ThrottleSpec, ...] = ()
     # Memory bounds, so a long run (or a hostile client) cannot grow the process without limit.
     # The journal keeps the newest `journal_max_requests` requests and about `journal_max_bytes`
     # of them (bodies, headers, form text); each body is kept up to `journal_max_body_bytes`
@@ -125,6 +129,7 @@ class EmulatorSettings:
         # Accept lists from callers but keep the frozen object hashable-ish and safe to share.
         object.__setattr__(self, "api_keys", tuple(self.api_keys))
         object.__setattr__(self, "bearer_tokens", tuple(self.bearer_tokens))
+        object.__setattr__(self, "throttles", tuple(self.throttles))
         object.__setattr__(self, "api_versions", frozenset(self.api_versions))
         object.__setattr__(self, "deployments", MappingProxyType(dict(self.deployments)))
         if not self.api_keys:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .journal import Journal
 from .settings import EmulatorSettings
+from .throttling import Throttles
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -95,6 +96,7 @@ class EmulatorState:
     responses: BoundedStore[str, StoredResponse] = field(init=False)
     batches: BoundedStore[str, dict[str, Any]] = field(init=False)
     images: BoundedStore[str, bytes] = field(init=False)  # served at /_emulator/images/{id}.png
+    throttles: Throttles = field(init=False)  # from the settings, changed at run time over /_emulator/throttle
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -104,6 +106,7 @@ class EmulatorState:
         self.responses = BoundedStore(items, max_bytes, _response_size)
         self.batches = BoundedStore(items)
         self.images = BoundedStore(items)  # each entry is the same small PNG
+        self.throttles = Throttles(settings.throttles)
 
 
 STATE = web.AppKey("emulator_state", EmulatorState)
