@@ -15,7 +15,7 @@ from .core.catalogue import ENDPOINT_NAMES
 from .core.gateway import Gateway, Limits
 from .core.models_endpoint import ModelsEndpoint
 from .core.routes import EndpointOptions, compile_routes
-from .routing import DEFAULT_BACKEND, Backend, ModelMapper, cluster_name
+from .routing import DEFAULT_BACKEND, Backend, ModelMapper, Pool, PoolMember, cluster_name, pool_cluster_name
 
 
 def upstream_credential(name: str, backend: BackendSettings) -> UpstreamCredential:
@@ -32,13 +32,27 @@ def upstream_credential(name: str, backend: BackendSettings) -> UpstreamCredenti
     return ClientKeyAsApiKey()
 
 
+def _model_targets(settings: Settings, backends: dict[str, Backend]) -> dict[str, str | Pool]:
+    """Each model's deployment, or its pool (numbered in the settings' order, as rendering numbers them)."""
+    targets: dict[str, str | Pool] = {}
+    pools = 0
+    for model, target in settings.models.items():
+        if isinstance(target, str):
+            targets[model] = target
+            continue
+        members = tuple(PoolMember(str(i), backends[m.backend], m.deployment) for i, m in enumerate(target))
+        targets[model] = Pool(pool_cluster_name(pools), members)
+        pools += 1
+    return targets
+
+
 def compile_gateway(settings: Settings, created: int | None = None) -> Gateway:
     """`created`: the time `/v1/models` reports (default: now)."""
     backends = {
         name: Backend(name, cluster_name(name), upstream_credential(name, backend))
-        for name, backend in settings.backends.items()
+        for name, backend in settings.all_backends.items()
     }
-    models = ModelMapper(settings.models, settings.unmapped_models, backends[DEFAULT_BACKEND])
+    models = ModelMapper(_model_targets(settings, backends), settings.unmapped_models, backends[DEFAULT_BACKEND])
     options = {
         name: EndpointOptions(settings.api_version_for(name), v1=settings.endpoint(name).api == "v1")
         for name in ENDPOINT_NAMES

@@ -29,6 +29,27 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
                     values[key] = str(base / values[key])
     if isinstance(raw.get("state_dir"), str) and not raw["state_dir"].startswith(("/", "~")):
         raw["state_dir"] = str(base / raw["state_dir"])
+    for values in (raw.get("backends") or {}).values() if isinstance(raw.get("backends"), dict) else ():
+        if isinstance(values, dict):
+            for key in ("api_key_file", "ca_file"):
+                if isinstance(values.get(key), str) and not values[key].startswith(("/", "~")):
+                    values[key] = str(base / values[key])
+
+
+def _keys_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """`backends.<name>.api_key_env: VAR`: the key is read from the environment at start."""
+    backends = raw.get("backends")
+    if not isinstance(backends, dict):
+        return
+    for name, values in backends.items():
+        if not isinstance(values, dict) or "api_key_env" not in values:
+            continue
+        variable = values.pop("api_key_env")
+        if "api_key" in values or "api_key_file" in values:
+            raise ConfigError(f"backends.{name}: give one of api_key, api_key_file and api_key_env")
+        if not isinstance(variable, str) or not env.get(variable, "").strip():
+            raise ConfigError(f"backends.{name}.api_key_env: the variable {variable!r} is not set or empty")
+        values["api_key"] = env[variable].strip()
 
 
 def _format_validation_error(exc: ValidationError) -> str:
@@ -62,11 +83,13 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
         raw = loaded
         _resolve_relative_paths(raw, file.resolve().parent)
     raw = apply_env(raw, env)
+    _keys_from_env(raw, env)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
-    settings.azure.resolved_api_key()  # fail at start, not on the first request, if the key file is unreadable
+    for backend in settings.all_backends.values():
+        backend.resolved_api_key()  # fail at start, not on the first request, if a key file is unreadable
     return settings
 
 

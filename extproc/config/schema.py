@@ -111,6 +111,35 @@ class BackendSettings(_Strict):
         return bool(self.endpoint and self.endpoint.startswith("https://"))
 
 
+BACKEND_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+class PoolMember(_Strict):
+    """One place a pooled model is served: a deployment on a backend. Lower `priority` numbers are
+    tried first; within a priority, members share requests by `weight`."""
+
+    backend: str
+    deployment: str
+    priority: Annotated[int, Field(ge=1, le=100)] = 1
+    weight: Annotated[int, Field(ge=1, le=128)] = 1
+
+    @field_validator("deployment")
+    @classmethod
+    def _deployment_name(cls, value: str) -> str:
+        if not is_deployment_name(value):
+            raise ValueError(f"{value!r} is not a deployment name Azure allows: 1-64 letters, digits, '-', '_' "
+                             "and '.', not starting or ending with '.'")
+        return value
+
+
+class FailoverSettings(_Strict):
+    # Tries across a pool's members for one request (the first included); Envoy sends them.
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    # A try without response headers this long fails over like a 5xx (slow reasoning answers
+    # take minutes without streaming; streamed answers send their headers at once).
+    try_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
+
+
 class EndpointSettings(_Strict):
     # classic: /openai/deployments/{dep}/{op}?api-version=V (or /openai/{op} for responses, files, batches)
     # v1: /openai/v1/{op} with the deployment name as the body's model, no api-version
@@ -160,7 +189,10 @@ class LimitSettings(_Strict):
 
 class Settings(_Strict):
     azure: BackendSettings = BackendSettings()
-    models: dict[str, str] = {}
+    backends: dict[Annotated[str, Field(pattern=BACKEND_NAME)], BackendSettings] = {}  # beside `azure:`
+    # A model maps to one deployment on the default backend, or to a pool of members.
+    models: dict[str, str | list[PoolMember]] = {}
+    failover: FailoverSettings = FailoverSettings()
     unmapped_models: UnmappedModelPolicy = UnmappedModelPolicy.PASSTHROUGH
     endpoints: dict[str, EndpointSettings] = {}
     listen: ListenSettings = ListenSettings()
@@ -171,8 +203,14 @@ class Settings(_Strict):
 
     @field_validator("models")
     @classmethod
-    def _models_not_blank(cls, value: dict[str, str]) -> dict[str, str]:
+    def _models_not_blank(cls, value: dict[str, str | list[PoolMember]]) -> dict[str, str | list[PoolMember]]:
         for model, deployment in value.items():
+            if isinstance(deployment, list):
+                if not model.strip():
+                    raise ValueError("model names must not be empty")
+                if not deployment:
+                    raise ValueError(f"model {model!r}: a pool needs at least one member")
+                continue
             if not model.strip() or not deployment.strip():
                 raise ValueError(f"model and deployment names must not be empty (got {model!r}: {deployment!r})")
             if not is_deployment_name(deployment):
@@ -188,10 +226,39 @@ class Settings(_Strict):
                 raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(ENDPOINT_NAMES)}")
         return value
 
+    @model_validator(mode="after")
+    def _pools_name_known_backends(self) -> Settings:
+        if DEFAULT_BACKEND in self.backends:
+            raise ValueError(f"backends.{DEFAULT_BACKEND}: that name is the `azure:` section's backend; "
+                             "give this one another name")
+        known = {DEFAULT_BACKEND, *self.backends}
+        for model, target in self.models.items():
+            if not isinstance(target, list):
+                continue
+            for i, member in enumerate(target):
+                if member.backend not in known:
+                    raise ValueError(f"models.{model}[{i}].backend: unknown backend {member.backend!r}; "
+                                     f"known: {', '.join(sorted(known))}")
+            seen = [(m.backend, m.deployment) for m in target]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"models.{model}: a member (backend and deployment) is listed twice")
+        for name, backend in self.backends.items():
+            if backend.endpoint is None:
+                raise ValueError(f"backends.{name}.endpoint: required")
+            if "api_version" in backend.model_fields_set and backend.api_version != self.azure.api_version:
+                # Every try of a request carries one api-version today (the endpoint's).
+                raise ValueError(f"backends.{name}.api_version: a backend's own api-version is not supported yet; "
+                                 "set azure.api_version (or endpoints.<name>.api_version) for all")
+        return self
+
     @property
-    def backends(self) -> dict[str, BackendSettings]:
-        """Every upstream resource by name: today the one from `azure:` (and AZURE_OPENAI_*)."""
-        return {DEFAULT_BACKEND: self.azure}
+    def all_backends(self) -> dict[str, BackendSettings]:
+        """Every upstream resource by name: the `azure:` section's (`default`) and `backends:`."""
+        return {DEFAULT_BACKEND: self.azure, **self.backends}
+
+    @property
+    def pools(self) -> dict[str, list[PoolMember]]:
+        return {model: target for model, target in self.models.items() if isinstance(target, list)}
 
     def endpoint(self, name: str) -> EndpointSettings:
         return self.endpoints.get(name, EndpointSettings())

@@ -24,13 +24,23 @@ class RequestHead(NamedTuple):
     content_length: int = -1  # the declared Content-Length; -1 when none (HTTP/2 may omit it)
 
 
+class Try(NamedTuple):
+    """How one member of a pool is called: Envoy applies it to the try that member gets."""
+
+    member: str  # the member's id (its Envoy endpoint's metadata `aoai.member`)
+    path: str
+    credential: Headers
+
+
 class Forward(NamedTuple):
-    """Send the request upstream: the new :path, the credential headers, the Envoy cluster, maybe a new body."""
+    """Send the request upstream: the new :path, the credential headers, the Envoy cluster, maybe a new body.
+    To a pool, `tries` holds each member's path and credential (`path` and `credential` are then unused)."""
 
     path: str
     credential: Headers
     cluster: str
     body: bytes | None = None  # None: the client's body goes on untouched (never echoed)
+    tries: tuple[Try, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,6 +131,18 @@ def not_a_deployment_name(model: str) -> Reply:
     )
 
 
+def pool_needs_one_deployment(model: str) -> Reply:
+    """A pool whose members name different deployments, on an endpoint whose body names the deployment."""
+    return error(
+        400,
+        f"The model `{_shown(model)}` is served by a pool whose members have different deployment names, and this "
+        "endpoint carries the deployment name in the request body, which stays the same when the gateway fails "
+        "over: give the pool's members one deployment name to use this endpoint with it.",
+        param="model",
+        code="unsupported_for_pool",
+    )
+
+
 def method_not_allowed(method: str, path: str) -> Reply:
     return error(405, f"Method {_shown(method)} is not allowed on {_shown(path)}: use GET, POST or DELETE.")
 

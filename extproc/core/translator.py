@@ -16,11 +16,11 @@ from typing import Callable
 from urllib.parse import unquote
 
 from ..auth.upstream import Headers
-from ..routing import Backend
+from ..routing import Backend, Pool
 from . import errors
 from .bodies import BodyModel, model_name, read_model
 from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_UPLOAD_PREFIXES
-from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead
+from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead, Try
 from .gateway import Gateway
 from .jsonbody import InvalidJson, TooManyMembers, replace_top_level_string
 from .multipart import is_multipart, replace_field
@@ -96,6 +96,8 @@ class Translator:
             if self._models.rejects_unknown:
                 return errors.model_not_found(model, self._models.known_models)
             return errors.not_a_deployment_name(model)
+        if isinstance(target, Pool):
+            return self._to_pool(head, route, query, body, found, model, target)
         if target.backend is not self._models.default_backend:
             credential = self._credential(head, target.backend)
             if isinstance(credential, Reply):
@@ -106,6 +108,31 @@ class Translator:
             if isinstance(new_body, Reply):
                 return new_body
         return Forward(route.path_for(target.deployment, query), credential, target.backend.cluster, new_body)
+
+    def _to_pool(self, head: RequestHead, route: BodyRoute, query: str, body: bytes, found: BodyModel,
+                 model: str, pool: Pool) -> BodyDecision:
+        """Every member's path and credential: Envoy picks the member and fails over between them."""
+        tries = []
+        for member in pool.members:
+            credential = self._credential(head, member.backend)
+            if isinstance(credential, Reply):
+                return credential
+            path = route.path_for(member.deployment, query)
+            if not path.isascii():  # Envoy gets the tries as metadata, which holds text only
+                return errors.invalid_url(head.method, head.path.partition("?")[0])
+            tries.append(Try(member.id, path, credential))
+        new_body = None
+        if route.model_in_body:
+            # The body names the deployment and Envoy resends the same body on every try.
+            deployments = {member.deployment for member in pool.members}
+            if len(deployments) > 1:
+                return errors.pool_needs_one_deployment(model)
+            deployment = deployments.pop()
+            if deployment != model:
+                new_body = _with_model(body, found, deployment)
+                if isinstance(new_body, Reply):
+                    return new_body
+        return Forward(tries[0].path, (), pool.cluster, new_body, tuple(tries))
 
     # --- endpoints decided from the headers -----------------------------------------------------
 

@@ -7,6 +7,7 @@ no copies to drift apart.
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ import yaml
 
 from ..config import BackendSettings, ConfigError, Settings, UnmappedModelPolicy
 from ..core.catalogue import headers_only_prefixes
-from ..routing import DEFAULT_BACKEND, cluster_name
+from ..config.schema import PoolMember
+from ..routing import DEFAULT_BACKEND, cluster_name, pool_cluster_name
 
 # The routes a request takes before the ext_proc decides lead to this cluster, which is never defined:
 # Envoy answers 404 itself, so an undecided request cannot leave it.
 UNDECIDED_CLUSTER = "aoai_gateway_undecided"
+POOL_MODEL = "pool_model"  # the template's model of a pool's cluster and route, copied once per pool
 TEMPLATE_ENV = "AOAI_GATEWAY_ENVOY_TEMPLATE"
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
 SYSTEM_CA_BUNDLES = (
@@ -136,9 +139,104 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(path)}}}} for path in settings.socket_paths()]}
     ]
 
-    for name, backend in settings.backends.items():
-        _upstream_cluster(_named(resources["clusters"], cluster_name(name), "cluster"), name, backend)
+    _upstream_cluster(_named(resources["clusters"], cluster_name(DEFAULT_BACKEND), "cluster"), DEFAULT_BACKEND, settings.azure)
+    _pools(settings, resources, listeners)
     return config
+
+
+def _pools(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:
+    """One cluster and one route per pool, from the template's models (removed from the output)."""
+    model_cluster = _named(resources["clusters"], POOL_MODEL, "cluster")
+    resources["clusters"].remove(model_cluster)
+    pools = list(settings.pools.values())
+    clusters = [_pool_cluster(model_cluster, pool_cluster_name(i), members, settings) for i, members in enumerate(pools)]
+    resources["clusters"].extend(clusters)
+    done: set[int] = set()  # the HTTPS listener may share its route list with the HTTP one
+    for listener in listeners:
+        for hcm in _connection_managers(listener):
+            for vhost in hcm["route_config"]["virtual_hosts"]:
+                routes = vhost["routes"]
+                if id(routes) in done:
+                    continue
+                done.add(id(routes))
+                at = next((i for i, r in enumerate(routes) if r.get("route", {}).get("cluster") == POOL_MODEL), None)
+                if at is None:
+                    raise ConfigError(f"the Envoy template has no route to the cluster {POOL_MODEL!r}")
+                model_route = routes.pop(at)
+                routes[at:at] = [_pool_route(model_route, pool_cluster_name(i), members, settings)
+                                 for i, members in enumerate(pools)]
+
+
+def _pool_route(model: dict[str, Any], name: str, members: list[PoolMember], settings: Settings) -> dict[str, Any]:
+    route = copy.deepcopy(model)
+    route["match"]["headers"][0]["string_match"]["exact"] = name
+    route["route"]["cluster"] = name
+    retry = route["route"]["retry_policy"]
+    # No member twice in one request: a member that just failed would most likely fail again.
+    retry["num_retries"] = min(settings.failover.max_attempts, len(members)) - 1
+    retry["per_try_timeout"] = _seconds(settings.failover.try_timeout_seconds)
+    sizes = collections.Counter(member.priority for member in members)
+    if len(sizes) > 1:
+        # Retries stay within a priority (another member each time: previous_hosts) until as many
+        # tries as its largest level has members were made, then move to the next priority.
+        retry["retry_priority"] = {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                "update_frequency": max(sizes.values()),
+            },
+        }
+    return route
+
+
+def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], settings: Settings) -> dict[str, Any]:
+    """Members as endpoints: Envoy's priorities count from 0 without gaps, so the configured ones
+    (any numbers, lowest first) are mapped onto 0, 1, ...; plain-HTTP members (local emulators) and
+    members with their own CA file get their own transport socket."""
+    cluster = copy.deepcopy(model)
+    cluster["name"] = name
+    levels = {priority: level for level, priority in enumerate(sorted({m.priority for m in members}))}
+    by_level: dict[int, list[dict[str, Any]]] = {}
+    matches = []
+    backends = settings.all_backends
+    for i, member in enumerate(members):
+        backend = backends[member.backend]
+        host, port = backend.host, backend.port
+        if host is None or port is None:
+            raise ConfigError(f"backends.{member.backend}.endpoint is not set")
+        socket_match: dict[str, Any] = {}
+        if not backend.uses_tls:
+            socket_match = {"plain": True}
+        elif backend.ca_file is not None:
+            socket_match = {"member": str(i)}
+            tls = copy.deepcopy(model["transport_socket"])
+            tls["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"] = {"filename": str(backend.ca_file)}
+            matches.append({"name": f"member-{i}", "match": {"member": str(i)}, "transport_socket": tls})
+        metadata: dict[str, Any] = {"aoai": {"member": str(i)}}
+        if socket_match:
+            metadata["envoy.transport_socket_match"] = socket_match
+        by_level.setdefault(levels[member.priority], []).append({
+            "endpoint": {"hostname": host, "address": {"socket_address": {"address": host, "port_value": port}}},
+            "load_balancing_weight": member.weight,
+            "metadata": {"filter_metadata": metadata},
+        })
+    cluster["load_assignment"] = {
+        "cluster_name": name,
+        "endpoints": [{"priority": level, "lb_endpoints": by_level[level]} for level in sorted(by_level)],
+    }
+    if any(not settings.all_backends[m.backend].uses_tls for m in members):
+        matches.append({"name": "plain", "match": {"plain": True}, "transport_socket": {
+            "name": "envoy.transport_sockets.raw_buffer",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"},
+        }})
+    # The cluster's own TLS socket serves the members without a CA file of their own: the system's CAs.
+    validation = cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+    uses_system_cas = any(backends[m.backend].uses_tls and backends[m.backend].ca_file is None for m in members)
+    own_cas = [backends[m.backend].ca_file for m in members if backends[m.backend].ca_file is not None]
+    validation["trusted_ca"] = {"filename": str(system_ca_bundle() if uses_system_cas or not own_cas else own_cas[0])}
+    if matches:
+        cluster["transport_socket_matches"] = matches
+    return cluster
 
 
 def _upstream_cluster(cluster: dict[str, Any], name: str, backend: BackendSettings) -> None:

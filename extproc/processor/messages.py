@@ -6,6 +6,7 @@ from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.struct_pb2 import Struct
 
 from ..core.decision import Forward, Reply, RequestHead
 
@@ -14,6 +15,9 @@ ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstrea
 # never removed and re-added.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key")
 REPLY_DETAILS = "aoai_gateway_reply"
+# Where a pool's tries are described for Envoy (envoy/envoy.yaml: the ext_proc filter's
+# metadata_options accept it; the pool clusters' upstream Lua filter reads it on every try).
+POOL_METADATA_NAMESPACE = "aoai.pool"
 
 
 # A mode override replaces the whole mode (unset header modes mean SEND): spell every field out.
@@ -70,6 +74,16 @@ def _header(key: str, value: str) -> HeaderValueOption:
     return HeaderValueOption(header=HeaderValue(key=key, raw_value=_encode(value)))
 
 
+def _pool_metadata(forward: Forward) -> Struct:
+    """{member id: {path, headers: [[name, value], ...]}} for the upstream filter of a pool's cluster."""
+    metadata = Struct()
+    metadata.update({POOL_METADATA_NAMESPACE: {
+        attempt.member: {"path": attempt.path, "headers": [[name, value] for name, value in attempt.credential]}
+        for attempt in forward.tries
+    }})
+    return metadata
+
+
 def _common_response(forward: Forward) -> pb.CommonResponse:
     credential_names = {name for name, _ in forward.credential}
     set_headers = [_header(":path", forward.path)]
@@ -101,6 +115,8 @@ def reply_response(reply: Reply) -> pb.ProcessingResponse:
 
 def headers_forward_response(forward: Forward, has_body: bool) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=_common_response(forward)))
+    if forward.tries:
+        response.dynamic_metadata.CopyFrom(_pool_metadata(forward))
     if has_body:
         # Decided without the body: let it stream upstream instead of buffering it here.
         response.mode_override.CopyFrom(_STREAM_BODY_MODE)
@@ -108,4 +124,7 @@ def headers_forward_response(forward: Forward, has_body: bool) -> pb.ProcessingR
 
 
 def body_forward_response(forward: Forward) -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=_common_response(forward)))
+    response = pb.ProcessingResponse(request_body=pb.BodyResponse(response=_common_response(forward)))
+    if forward.tries:
+        response.dynamic_metadata.CopyFrom(_pool_metadata(forward))
+    return response

@@ -1,11 +1,11 @@
 """Where a request goes: model name -> (backend, deployment), and the backends themselves.
 
-Today there is one backend (the `azure:` section, named `default`); pools, failover and the
-circuit breaker will live here. Pure: no I/O; compiled once per worker (extproc/compile.py).
+The `azure:` section is the backend named `default`; `backends:` adds others, which pools use.
+The circuit breaker will live here. Pure: no I/O; compiled once per worker (extproc/compile.py).
 """
 
-from .backends import DEFAULT_BACKEND, Backend, cluster_name
-from .models import ModelMapper, Target, UnmappedModelPolicy, is_deployment_name
+from .backends import DEFAULT_BACKEND, Backend, cluster_name, pool_cluster_name
+from .models import ModelMapper, Pool, PoolMember, Target, UnmappedModelPolicy, is_deployment_name
 
-__all__ = ["DEFAULT_BACKEND", "Backend", "ModelMapper", "Target", "UnmappedModelPolicy", "cluster_name",
-           "is_deployment_name"]
+__all__ = ["DEFAULT_BACKEND", "Backend", "ModelMapper", "Pool", "PoolMember", "Target", "UnmappedModelPolicy",
+           "cluster_name", "is_deployment_name", "pool_cluster_name"]

@@ -14,6 +14,11 @@ def cluster_name(backend: str) -> str:
     return "azure" if backend == DEFAULT_BACKEND else f"backend-{backend}"
 
 
+def pool_cluster_name(index: int) -> str:
+    """The Envoy cluster of the `index`-th pool in the settings' `models` (rendering uses the same order)."""
+    return f"pool-{index}"
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     name: str

@@ -31,20 +31,45 @@ class Target:
     deployment: str
 
 
-class ModelMapper:
-    """The model map and the policy for names outside it, over one backend (pools come later)."""
+@dataclass(frozen=True, slots=True)
+class PoolMember:
+    """One member of a pool: `id` names it in Envoy (its endpoint's metadata `aoai.member`)."""
 
-    def __init__(self, models: Mapping[str, str], policy: UnmappedModelPolicy, backend: Backend) -> None:
+    id: str
+    backend: Backend
+    deployment: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A model served by several deployments: Envoy's cluster `cluster` has one endpoint per member
+    and picks among them (priority, weight), failing over inside the request; the ext_proc tells it
+    each member's path and credential."""
+
+    cluster: str
+    members: tuple[PoolMember, ...]
+
+
+class ModelMapper:
+    """The model map (a deployment on the default backend, or a pool) and the policy for names outside it."""
+
+    def __init__(self, models: Mapping[str, str | Pool], policy: UnmappedModelPolicy, backend: Backend) -> None:
         self.default_backend = backend  # unmapped models and requests that name no model (files, Azure form) go here
-        self._targets = {model: Target(backend, deployment) for model, deployment in models.items()}
+        self._targets: dict[str, Target | Pool] = {
+            model: target if isinstance(target, Pool) else Target(backend, target) for model, target in models.items()
+        }
         self._policy = policy
         self.known_models: tuple[str, ...] = tuple(sorted(models))
-        self.known_deployments: tuple[str, ...] = tuple(sorted(set(models.values())))
+        deployments = {
+            name for target in models.values()
+            for name in ((m.deployment for m in target.members) if isinstance(target, Pool) else (target,))
+        }
+        self.known_deployments: tuple[str, ...] = tuple(sorted(deployments))
         self._deployment_set = frozenset(self.known_deployments)
         # Under `reject` only the mapped deployments may be called, whatever form the request has.
         self.rejects_unknown = policy is UnmappedModelPolicy.REJECT
 
-    def target_for(self, model: str) -> Target | None:
+    def target_for(self, model: str) -> Target | Pool | None:
         """Where to send a request for `model`; None when the policy rejects an unmapped model, or
         when the name it makes (passthrough, strip_dots) is not a deployment name Azure allows."""
         target = self._targets.get(model)

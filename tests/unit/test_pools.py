@@ -1,0 +1,162 @@
+"""Pools without Envoy running: the settings, the core's decision (every member's path and credential),
+the ext_proc's answer (dynamic metadata), and the rendered Envoy config (checked by `envoy --mode validate`).
+The failover itself runs in tests/e2e/test_pools.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from google.protobuf.json_format import MessageToDict
+
+from extproc import envoy_config
+from extproc.compile import compile_gateway
+from extproc.config import ConfigError, load_settings
+from extproc.envoy_config.devtls import ensure_dev_certificates
+from extproc.core.decision import AwaitBody, Forward, Reply, RequestHead, Try
+from extproc.core.translator import Translator
+from extproc.processor.messages import POOL_METADATA_NAMESPACE, body_forward_response
+
+POOLS = """
+azure: {endpoint: https://main.openai.azure.com, api_key: main-key}
+backends:
+  east: {endpoint: https://east.openai.azure.com, api_key: east-key}
+  west: {endpoint: http://127.0.0.1:9999, api_key_env: WEST_KEY}
+  north: {endpoint: https://north.example.com, api_key: north-key, ca_file: {ca}}
+models:
+  gpt-4o:
+    - {backend: east, deployment: gpt-4o-east, priority: 5, weight: 3}
+    - {backend: north, deployment: gpt-4o-north, priority: 5}
+    - {backend: west, deployment: gpt-4o-west, priority: 9}
+  same:
+    - {backend: east, deployment: shared}
+    - {backend: default, deployment: shared}
+  text-embedding-3-small: embeddings
+state_dir: {state}
+extproc: {workers: 1}
+listen: {https_port: null}
+"""
+
+
+def settings(tmp_path: Path, text: str = POOLS, env: dict[str, str] | None = None):
+    path = tmp_path / "gateway.yaml"
+    ca = ensure_dev_certificates(tmp_path / "pki").ca_cert
+    path.write_text(text.replace("{state}", str(tmp_path / "state")).replace("{ca}", str(ca)))
+    return load_settings(path, env={"WEST_KEY": "west-key"} if env is None else env)
+
+
+def decide(tmp_path: Path, path: str, body: dict, **head: str):
+    translator = Translator(compile_gateway(settings(tmp_path)))
+    decision = translator.on_headers(RequestHead("POST", path, "application/json", has_body=True, **head))
+    assert isinstance(decision, AwaitBody)
+    return decision.finish(orjson.dumps(body))
+
+
+def test_a_pool_forward_carries_every_members_path_and_credential(tmp_path: Path) -> None:
+    forward = decide(tmp_path, "/v1/chat/completions?x=1", {"model": "gpt-4o", "messages": []},
+                     authorization="Bearer client-key")
+    assert isinstance(forward, Forward)
+    assert forward.cluster == "pool-0" and forward.credential == () and forward.body is None
+    query = "?x=1&api-version=2024-10-21"
+    assert forward.tries == (
+        Try("0", "/openai/deployments/gpt-4o-east/chat/completions" + query, (("api-key", "east-key"),)),
+        Try("1", "/openai/deployments/gpt-4o-north/chat/completions" + query, (("api-key", "north-key"),)),
+        Try("2", "/openai/deployments/gpt-4o-west/chat/completions" + query, (("api-key", "west-key"),)),
+    )
+    # What Envoy gets: the tries as dynamic metadata; no credential in the headers, the client's removed.
+    response = body_forward_response(forward)
+    metadata = MessageToDict(response.dynamic_metadata)[POOL_METADATA_NAMESPACE]
+    assert metadata["2"] == {"path": forward.tries[2].path, "headers": [["api-key", "west-key"]]}
+    mutation = response.request_body.response.header_mutation
+    assert {h.header.key for h in mutation.set_headers} == {":path", "x-aoai-gateway-cluster"}
+    assert set(mutation.remove_headers) == {"authorization", "proxy-authorization", "api-key"}
+
+
+def test_a_body_that_names_the_deployment_needs_one_name_across_the_pool(tmp_path: Path) -> None:
+    refused = decide(tmp_path, "/v1/responses", {"model": "gpt-4o", "input": "hi"})
+    assert isinstance(refused, Reply) and refused.status == 400
+    assert orjson.loads(refused.body)["error"]["code"] == "unsupported_for_pool"
+    forward = decide(tmp_path, "/v1/responses", {"model": "same", "input": "hi"})
+    assert isinstance(forward, Forward) and forward.cluster == "pool-1"
+    assert orjson.loads(forward.body or b"") == {"model": "shared", "input": "hi"}
+    assert [t.credential for t in forward.tries] == [(("api-key", "east-key"),), (("api-key", "main-key"),)]
+
+
+def test_models_outside_pools_keep_the_default_backend(tmp_path: Path) -> None:
+    forward = decide(tmp_path, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"})
+    assert isinstance(forward, Forward) and forward.cluster == "azure" and forward.tries == ()
+    assert forward.credential == (("api-key", "main-key"),)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("models: {m: []}", "a pool needs at least one member"),
+    ("models: {m: [{backend: nope, deployment: d}]}", "models.m[0].backend: unknown backend 'nope'"),
+    ("models: {m: [{backend: default, deployment: d}, {backend: default, deployment: d}]}", "listed twice"),
+    ("models: {m: [{backend: default, deployment: 'a/b'}]}", "not a deployment name"),
+    ("models: {m: [{backend: default, deployment: d, weight: 0}]}", "weight"),
+    ("backends: {default: {endpoint: 'https://x.openai.azure.com'}}", "that name is the `azure:` section's"),
+    ("backends: {x: {api_key: k}}", "backends.x.endpoint: required"),
+    ("backends: {x: {endpoint: 'https://x.openai.azure.com', api_key: k, api_version: '2025-01-01'}}",
+     "a backend's own api-version is not supported yet"),
+    ("backends: {x: {endpoint: 'https://x.openai.azure.com', api_key_env: NOT_SET}}", "'NOT_SET' is not set"),
+    ("backends: {x: {endpoint: 'https://x.openai.azure.com', api_key: k, api_key_env: K}}", "give one of"),
+    ("backends: {x: {endpoint: 'https://x.openai.azure.com', type: openai}}", "unknown key"),
+    ("failover: {max_attempts: 0}", "failover.max_attempts"),
+])
+def test_inconsistent_pools_are_refused_at_start_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        settings(tmp_path, "azure: {endpoint: 'https://main.openai.azure.com', api_key: k}\n" + text + "\n", env={})
+
+
+def test_the_config_command_shows_pools_and_redacts_every_key(tmp_path: Path) -> None:
+    from extproc.config.redaction import redacted_dump
+
+    dumped = orjson.dumps(redacted_dump(settings(tmp_path))).decode()
+    for key in ("main-key", "east-key", "west-key", "north-key"):
+        assert key not in dumped
+    shown = redacted_dump(settings(tmp_path))["effective"]["pools"]
+    assert shown["gpt-4o"][0] == "east/gpt-4o-east (priority 5, weight 3)"
+
+
+def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path) -> None:
+    config = envoy_config.render(settings(tmp_path), None)
+    envoy_config.validate(envoy_config.write(config, tmp_path / "envoy.yaml"))  # the real Envoy accepts it
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert "pool_model" not in clusters and {"pool-0", "pool-1"} <= set(clusters)
+    levels = clusters["pool-0"]["load_assignment"]["endpoints"]
+    assert [level["priority"] for level in levels] == [0, 1]  # 5 and 9, counted from 0
+    east, north = levels[0]["lb_endpoints"]
+    assert east["endpoint"]["hostname"] == "east.openai.azure.com" and east["load_balancing_weight"] == 3
+    assert east["metadata"]["filter_metadata"] == {"aoai": {"member": "0"}}  # the cluster's own TLS socket
+    assert north["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {"member": "1"}
+    [west] = levels[1]["lb_endpoints"]
+    assert west["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {"plain": True}
+    matches = {m["name"]: m for m in clusters["pool-0"]["transport_socket_matches"]}
+    north_tls = matches["member-1"]["transport_socket"]["typed_config"]
+    assert north_tls["common_tls_context"]["validation_context"]["trusted_ca"] == {
+        "filename": str(tmp_path / "pki" / "ca.crt")}
+    assert north_tls["auto_host_sni"] and north_tls["auto_sni_san_validation"]
+    assert matches["plain"]["transport_socket"]["name"] == "envoy.transport_sockets.raw_buffer"
+    tls = clusters["pool-0"]["transport_socket"]["typed_config"]
+    assert tls["auto_host_sni"] and tls["auto_sni_san_validation"]
+
+    for listener in config["static_resources"]["listeners"]:
+        routes = listener["filter_chains"][-1]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+        by_cluster = {r["route"].get("cluster"): r for r in routes if "route" in r}
+        assert "pool_model" not in by_cluster
+        first = by_cluster["pool-0"]
+        assert first["match"]["headers"][0]["string_match"]["exact"] == "pool-0"
+        retry = first["route"]["retry_policy"]
+        assert retry["num_retries"] == 2 and retry["per_try_timeout"] == "600s"
+        assert retry["retry_priority"]["typed_config"]["update_frequency"] == 2  # two members at the first level
+        assert "retry_priority" not in by_cluster["pool-1"]["route"]["retry_policy"]  # one level
+        assert by_cluster["pool-1"]["route"]["retry_policy"]["num_retries"] == 1  # two members: one retry
+
+
+def test_without_pools_nothing_of_them_is_rendered(tmp_path: Path) -> None:
+    config = envoy_config.render(settings(tmp_path, "azure: {endpoint: 'https://main.openai.azure.com'}\n"
+                                                     "state_dir: {state}\nlisten: {https_port: null}\n"), None)
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["extproc", "azure"]
+    text = orjson.dumps(config).decode()
+    assert "pool_model" not in text and "pool-" not in text and "previous_priorities" not in text
