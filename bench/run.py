@@ -44,6 +44,7 @@ DEFAULT_JSON = HERE / "results" / "latest.json"
 
 # The targets of the design (issue 3), checked on every run.
 MIN_THROUGHPUT_RATIO = 0.7  # (b)/(a) at 16 connections
+MIN_POOL_THROUGHPUT_SHARE = 0.95  # a healthy two-member pool against one backend
 MAX_ADDED_P50_MS = 0.5  # (b)-(a) at 1 connection
 MAX_FIRST_BYTE_ADDED_MS = 1.0
 MAX_LARGE_BODY_ADDED_MS = 10.0
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also record the ext_proc with py-spy at 16 connections; write the profiles to DIR")
     p.add_argument("--grpcio", action="store_true",
                    help="also measure the ext_proc on grpcio's asyncio server (AOAI_GATEWAY_EXTPROC_RUNTIME=grpcio)")
+    p.add_argument("--pool", action="store_true",
+                   help="also measure the model served by a pool of two healthy members, and by a pool whose "
+                        "first member always answers 429 (each request fails over once)")
     p.add_argument("--floor", action="store_true",
                    help="also measure bench/floor_extproc.py (constant answers, no decoding) in place of the "
                         "ext_proc: Envoy's own share of (b)")
@@ -253,6 +257,16 @@ def evaluate(results: dict[str, Any], workers: list[int]) -> list[dict[str, Any]
         checks.append({"target": name, "value": value, "limit": limit, "holds": ok})
 
     for n in workers:
+        b, pool, failover = f"b{n}", f"p{n}", f"t{n}"
+        if (pool, 16) in rows and (b, 16) in rows:
+            # A healthy pool costs nothing beyond its per-try filters (issue 13: within 5%).
+            share = _ratio(rows[(pool, 16)]["rps"], rows[(b, 16)]["rps"])
+            check(f"healthy pool of 2 x{n}: throughput / (b x{n}), 16 connections", share,
+                  f">= {MIN_POOL_THROUGHPUT_SHARE}", share is not None and share >= MIN_POOL_THROUGHPUT_SHARE)
+        if (failover, 1) in rows and (b, 1) in rows:
+            added = round(rows[(failover, 1)]["p50_ms"] - rows[(b, 1)]["p50_ms"], 3)
+            check(f"a failover (1st member 429) x{n}: p50 added to (b x{n}), 1 connection, ms", added, "report", None)
+    for n in workers:
         b, x = f"b{n}", f"(b x{n})"
         if ("a", 16) in rows and (b, 16) in rows:
             a16, b16 = rows[("a", 16)], rows[(b, 16)]
@@ -317,6 +331,10 @@ def _setup_name(label: str, workers: int) -> str:
         return f"b on grpcio x{workers}"
     if label.startswith("f"):
         return f"floor: constant server x{workers}"
+    if label.startswith("p"):
+        return f"b: pool of 2 x{workers}"
+    if label.startswith("t"):
+        return f"b: pool, 1st member 429 x{workers}"
     return f"b: + ext_proc x{workers}"
 
 
@@ -390,7 +408,7 @@ def report(results: dict[str, Any]) -> str:
     if results.get("targets"):
         out += ["", "Targets:"]
         rows = [[t["target"], _fmt(t["value"], 3), t["limit"],
-                 "yes" if t["holds"] else "NO"] for t in results["targets"]]
+                 "-" if t["holds"] is None else "yes" if t["holds"] else "NO"] for t in results["targets"]]
         out.append(_table(["target", "measured", "limit", "holds"], rows))
     return "\n".join(out)
 
@@ -421,7 +439,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bench.upstream = upstream
         targets = [start_plain(processes, upstream.url, args.envoy_concurrency)]
         targets += [start_gateway(processes, upstream.url, n, args.envoy_concurrency) for n in workers]
-        for flag, variant in ((args.grpcio, "g"), (args.floor, "f")):
+        for flag, variant in ((args.grpcio, "g"), (args.floor, "f"), (args.pool, "p"), (args.pool, "t")):
             if flag:
                 targets += [start_gateway(processes, upstream.url, n, args.envoy_concurrency, variant)
                             for n in workers]

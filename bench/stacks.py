@@ -88,10 +88,19 @@ def start_upstream(processes: Processes, concurrency: int, sse_chunks: int, sse_
     return Upstream(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}")
 
 
-def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrency: int) -> tuple[Path, dict[str, Any]]:
+def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrency: int,
+                    pool: str | None = None) -> tuple[Path, dict[str, Any]]:
+    models: dict[str, Any] = dict(MODEL_MAP)
+    backends = {}
+    if pool is not None:
+        backends = {name: {"endpoint": upstream_url, "api_key": SERVER_API_KEY} for name in ("one", "two")}
+        first = "throttled" if pool == "t" else MODEL_MAP["gpt-4o"]
+        models["gpt-4o"] = [{"backend": "one", "deployment": first, "priority": 1},
+                            {"backend": "two", "deployment": MODEL_MAP["gpt-4o"], "priority": 1 if pool == "p" else 2}]
     raw = {
         "azure": {"endpoint": upstream_url, "api_key": SERVER_API_KEY},
-        "models": MODEL_MAP,
+        **({"backends": backends} if backends else {}),
+        "models": models,
         "listen": {"address": "127.0.0.1", "http_port": free_port(), "https_port": None},
         "envoy": {"admin_port": free_port(), "concurrency": concurrency},
         "extproc": {"workers": workers, "socket_dir": str(directory / "run")},
@@ -135,7 +144,10 @@ def start_plain(processes: Processes, upstream_url: str, concurrency: int) -> Ta
 
 # (b) variants: the project's ext_proc as configured; the same on grpcio's asyncio server; and the
 # floor, bench/floor_extproc.py (constant answers), which shows Envoy's own share of (b)'s cost.
-VARIANTS = {"b": "ext_proc", "g": "ext_proc on grpcio", "f": "floor server"}
+# With --pool: "p", the model served by a pool of two healthy members (both the fake upstream), and
+# "t", a pool whose first-priority member always answers 429 (every request fails over once).
+VARIANTS = {"b": "ext_proc", "g": "ext_proc on grpcio", "f": "floor server", "p": "pool of 2",
+            "t": "pool, first member 429"}
 
 
 def start_gateway(processes: Processes, upstream_url: str, workers: int, concurrency: int,
@@ -143,7 +155,7 @@ def start_gateway(processes: Processes, upstream_url: str, workers: int, concurr
     """(b) the project's stack, started as `python -m extproc up` starts it."""
     name = f"{variant}{workers}"
     directory = processes.directory / f"gateway-{name}"
-    path, raw = _gateway_config(directory, upstream_url, workers, concurrency)
+    path, raw = _gateway_config(directory, upstream_url, workers, concurrency, pool=variant if variant in "pt" else None)
     settings = load_settings(path, env={})
     env = _clean_env()
     sockets = settings.socket_paths()

@@ -19,7 +19,7 @@ import yaml
 from ..config import BackendSettings, ConfigError, Settings, UnmappedModelPolicy
 from ..core.catalogue import headers_only_prefixes
 from ..config.schema import PoolMember
-from ..routing import DEFAULT_BACKEND, cluster_name, pool_cluster_name
+from ..routing import DEFAULT_BACKEND, POOL_METADATA_NAMESPACE, cluster_name, pool_cluster_name
 
 # The routes a request takes before the ext_proc decides lead to this cluster, which is never defined:
 # Envoy answers 404 itself, so an undecided request cannot leave it.
@@ -113,9 +113,13 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
                     # Undecided (the body is still arriving): a body that stops gets a 408 soon;
                     # decided (waiting on or streaming from Azure): the long idle timeout.
                     route["route"]["idle_timeout"] = body_idle if _undecided(route) else idle
+        largest_pool = max((len(members) for members in settings.pools.values()), default=0)
         for http_filter in _http_filters(listener):
             if http_filter["name"] == "envoy.filters.http.ext_proc":
                 http_filter["typed_config"]["message_timeout"] = f"{settings.extproc.message_timeout_ms / 1000:g}s"
+                # The namespaces a pool's tries come in (extproc/processor/messages.py), and no others.
+                http_filter["typed_config"]["metadata_options"]["receiving_namespaces"]["untyped"] = [
+                    f"{POOL_METADATA_NAMESPACE}{i}" for i in range(largest_pool)]
         if name == "https":
             if downstream_tls is None:
                 raise ConfigError("listen.https_port is set but no TLS certificate and key were given")

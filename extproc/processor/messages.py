@@ -9,15 +9,13 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
 from ..core.decision import Forward, Reply, RequestHead
+from ..routing import POOL_METADATA_NAMESPACE
 
 ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstream; clients' copies are stripped
 # The client's credentials never reach upstream; a header the upstream credential sets is overwritten,
 # never removed and re-added.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key")
 REPLY_DETAILS = "aoai_gateway_reply"
-# Where a pool's tries are described for Envoy (envoy/envoy.yaml: the ext_proc filter's
-# metadata_options accept it; the pool clusters' upstream Lua filter reads it on every try).
-POOL_METADATA_NAMESPACE = "aoai.pool"
 
 
 # A mode override replaces the whole mode (unset header modes mean SEND): spell every field out.
@@ -75,12 +73,13 @@ def _header(key: str, value: str) -> HeaderValueOption:
 
 
 def _pool_metadata(forward: Forward) -> Struct:
-    """{member id: {path, headers: [[name, value], ...]}} for the upstream filter of a pool's cluster."""
+    """{aoai.pool.<member id>: {path, headers: [[name, value], ...]}} for the pool cluster's upstream filter."""
     metadata = Struct()
-    metadata.update({POOL_METADATA_NAMESPACE: {
-        attempt.member: {"path": attempt.path, "headers": [[name, value] for name, value in attempt.credential]}
+    metadata.update({
+        POOL_METADATA_NAMESPACE + attempt.member: {
+            "path": attempt.path, "headers": [[name, value] for name, value in attempt.credential]}
         for attempt in forward.tries
-    }})
+    })
     return metadata
 
 

@@ -14,6 +14,12 @@ def cluster_name(backend: str) -> str:
     return "azure" if backend == DEFAULT_BACKEND else f"backend-{backend}"
 
 
+# Where the ext_proc tells Envoy how to call each member of a pool: one dynamic metadata namespace
+# per member, this prefix + the member's id (extproc/processor/messages.py writes them, the pool
+# clusters' upstream Lua filter reads its member's, envoy_config lists them as accepted).
+POOL_METADATA_NAMESPACE = "aoai.pool."
+
+
 def pool_cluster_name(index: int) -> str:
     """The Envoy cluster of the `index`-th pool in the settings' `models` (rendering uses the same order)."""
     return f"pool-{index}"

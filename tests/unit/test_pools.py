@@ -16,7 +16,8 @@ from extproc.config import ConfigError, load_settings
 from extproc.envoy_config.devtls import ensure_dev_certificates
 from extproc.core.decision import AwaitBody, Forward, Reply, RequestHead, Try
 from extproc.core.translator import Translator
-from extproc.processor.messages import POOL_METADATA_NAMESPACE, body_forward_response
+from extproc.processor.messages import body_forward_response
+from extproc.routing import POOL_METADATA_NAMESPACE
 
 POOLS = """
 azure: {endpoint: https://main.openai.azure.com, api_key: main-key}
@@ -66,8 +67,9 @@ def test_a_pool_forward_carries_every_members_path_and_credential(tmp_path: Path
     )
     # What Envoy gets: the tries as dynamic metadata; no credential in the headers, the client's removed.
     response = body_forward_response(forward)
-    metadata = MessageToDict(response.dynamic_metadata)[POOL_METADATA_NAMESPACE]
-    assert metadata["2"] == {"path": forward.tries[2].path, "headers": [["api-key", "west-key"]]}
+    metadata = MessageToDict(response.dynamic_metadata)
+    assert set(metadata) == {POOL_METADATA_NAMESPACE + member for member in "012"}
+    assert metadata[POOL_METADATA_NAMESPACE + "2"] == {"path": forward.tries[2].path, "headers": [["api-key", "west-key"]]}
     mutation = response.request_body.response.header_mutation
     assert {h.header.key for h in mutation.set_headers} == {":path", "x-aoai-gateway-cluster"}
     assert set(mutation.remove_headers) == {"authorization", "proxy-authorization", "api-key"}
@@ -142,6 +144,11 @@ def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path
     assert tls["auto_host_sni"] and tls["auto_sni_san_validation"]
 
     for listener in config["static_resources"]["listeners"]:
+        ext_proc = next(f for f in listener["filter_chains"][-1]["filters"][0]["typed_config"]["http_filters"]
+                        if f["name"] == "envoy.filters.http.ext_proc")["typed_config"]
+        # The largest pool has three members: their namespaces, and nothing else, are accepted.
+        assert ext_proc["metadata_options"]["receiving_namespaces"]["untyped"] == [
+            "aoai.pool.0", "aoai.pool.1", "aoai.pool.2"]
         routes = listener["filter_chains"][-1]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
         by_cluster = {r["route"].get("cluster"): r for r in routes if "route" in r}
         assert "pool_model" not in by_cluster
