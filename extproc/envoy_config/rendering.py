@@ -117,9 +117,13 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         for http_filter in _http_filters(listener):
             if http_filter["name"] == "envoy.filters.http.ext_proc":
                 http_filter["typed_config"]["message_timeout"] = f"{settings.extproc.message_timeout_ms / 1000:g}s"
-                # The namespaces a pool's tries come in (extproc/processor/messages.py), and no others.
-                http_filter["typed_config"]["metadata_options"]["receiving_namespaces"]["untyped"] = [
-                    f"{POOL_METADATA_NAMESPACE}{i}" for i in range(largest_pool)]
+                # The namespaces a pool's tries come in (extproc/processor/messages.py), and no others;
+                # without pools, none (the option left out: Envoy accepts no metadata then either).
+                if largest_pool:
+                    http_filter["typed_config"]["metadata_options"] = {"receiving_namespaces": {
+                        "untyped": [f"{POOL_METADATA_NAMESPACE}{i}" for i in range(largest_pool)]}}
+                else:
+                    http_filter["typed_config"].pop("metadata_options", None)
         if name == "https":
             if downstream_tls is None:
                 raise ConfigError("listen.https_port is set but no TLS certificate and key were given")

@@ -118,6 +118,15 @@ def test_when_every_member_fails_the_client_gets_the_last_answer(pool: PoolSetup
     assert len(pool.east.requests()) == 1 and len(pool.west.requests()) == 1
 
 
+def test_a_client_cannot_route_itself_to_a_pool(pool: PoolSetup) -> None:
+    """The routing header is the ext_proc's alone: a client's copy is removed before any route is chosen."""
+    with httpx.Client(base_url=pool.gateway.http_url) as http:
+        for path in ("/nowhere", "/openai/deployments/chat-east/chat/completions"):
+            response = http.post(path, headers={"x-aoai-gateway-cluster": "pool-0", "api-key": "x"}, json={})
+            assert response.status_code in (401, 404), response.text
+    assert pool.east.requests() == [] and pool.west.requests() == []
+
+
 def test_weights_share_the_requests(pool: PoolSetup) -> None:
     with httpx.Client(base_url=pool.gateway.http_url, headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as http:
         for _ in range(400):

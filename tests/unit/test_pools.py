@@ -123,7 +123,10 @@ def test_the_config_command_shows_pools_and_redacts_every_key(tmp_path: Path) ->
 
 def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path) -> None:
     config = envoy_config.render(settings(tmp_path), None)
-    envoy_config.validate(envoy_config.write(config, tmp_path / "envoy.yaml"))  # the real Envoy accepts it
+    path = envoy_config.write(config, tmp_path / "envoy.yaml")
+    envoy_config.validate(path)  # the real Envoy accepts it
+    for key in ("main-key", "east-key", "west-key", "north-key"):  # keys come per request, never from a file
+        assert key not in path.read_text()
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert "pool_model" not in clusters and {"pool-0", "pool-1"} <= set(clusters)
     levels = clusters["pool-0"]["load_assignment"]["endpoints"]
@@ -167,3 +170,4 @@ def test_without_pools_nothing_of_them_is_rendered(tmp_path: Path) -> None:
     assert [c["name"] for c in config["static_resources"]["clusters"]] == ["extproc", "azure"]
     text = orjson.dumps(config).decode()
     assert "pool_model" not in text and "pool-" not in text and "previous_priorities" not in text
+    assert "metadata_options" not in text  # the ext_proc filter accepts no dynamic metadata at all
