@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -37,6 +42,26 @@ async def client(emulator: RunningEmulator) -> AsyncIterator[AsyncAzureOpenAI]:
 async def http(emulator: RunningEmulator) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=emulator.url, timeout=10) as raw:
         yield raw
+
+
+@asynccontextmanager
+async def cli_emulator(*argv: str) -> AsyncIterator[str]:
+    """`python -m extproc.emulator ARGV` in a child process: its URL; on leaving, SIGTERM, and it must exit 0."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "extproc.emulator", "--port", "0", *argv, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stderr is not None
+        line = (await asyncio.wait_for(process.stderr.readline(), timeout=15)).decode()
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        assert match, line
+        yield match.group(1)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 def wav_bytes(seconds: float = 0.5) -> bytes:

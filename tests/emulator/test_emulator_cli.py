@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import re
-import signal
-import sys
 
 import httpx
 
 from extproc.emulator.cli import _parser, settings_from_args
 
+from .conftest import cli_emulator
+
 
 async def test_cli_serves_until_sigterm() -> None:
-    argv = ["--port", "0", "--api-key", "cli-key", "--deployment", "chat=gpt-4o-mini"]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "extproc.emulator", *argv, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        assert process.stderr is not None
-        line = (await asyncio.wait_for(process.stderr.readline(), timeout=15)).decode()
-        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-        assert match, line
-        async with httpx.AsyncClient(base_url=match.group(1)) as http:
+    async with cli_emulator("--api-key", "cli-key", "--deployment", "chat=gpt-4o-mini") as url:
+        async with httpx.AsyncClient(base_url=url) as http:
             response = await http.post(
                 "/openai/deployments/chat/chat/completions",
                 params={"api-version": "2024-06-01"},
@@ -30,12 +20,6 @@ async def test_cli_serves_until_sigterm() -> None:
                 json={"messages": [{"role": "user", "content": "cli"}]},
             )
         assert response.json()["model"] == "gpt-4o-mini-2024-07-18"
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 def test_cli_arguments_map_to_settings() -> None:

@@ -3,10 +3,6 @@ calls it, set on the command line or over /_emulator/throttle, as failover tests
 
 from __future__ import annotations
 
-import asyncio
-import re
-import signal
-import sys
 
 import httpx
 import openai
@@ -16,7 +12,7 @@ from openai import AsyncAzureOpenAI
 from extproc.emulator import EmulatorSettings, start_emulator
 from extproc.emulator.throttling import ThrottleSpec
 
-from .conftest import API_KEY, PREVIEW_API_VERSION
+from .conftest import API_KEY, PREVIEW_API_VERSION, cli_emulator
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -99,24 +95,10 @@ def test_a_bad_spec_on_the_command_line_is_refused(text: str) -> None:
 
 
 async def test_cli_throttle_option() -> None:
-    argv = ["--port", "0", "--throttle", "deployment=gpt-4o,retry_after=7,count=1"]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "extproc.emulator", *argv, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        assert process.stderr is not None
-        line = (await asyncio.wait_for(process.stderr.readline(), timeout=15)).decode()
-        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-        assert match, line
-        async with AsyncAzureOpenAI(azure_endpoint=match.group(1), api_key=API_KEY,
+    async with cli_emulator("--throttle", "deployment=gpt-4o,retry_after=7,count=1") as url:
+        async with AsyncAzureOpenAI(azure_endpoint=url, api_key=API_KEY,
                                     api_version=PREVIEW_API_VERSION, max_retries=0) as client:
             with pytest.raises(openai.RateLimitError) as raised:
                 await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
             assert raised.value.response.headers["retry-after"] == "7"
             assert await _chat(client) == 200  # count=1: spent
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
