@@ -14,7 +14,7 @@ from .config import BackendSettings, ConfigError, Settings
 from .core.catalogue import ENDPOINT_NAMES
 from .core.gateway import Gateway, Limits
 from .core.models_endpoint import ModelsEndpoint
-from .core.routes import EndpointOptions, compile_routes
+from .core.routes import EndpointOptions, RouteTable, compile_routes
 from .routing import DEFAULT_BACKEND, Backend, ModelMapper, Pool, PoolMember, cluster_name, pool_cluster_name
 
 
@@ -53,13 +53,18 @@ def compile_gateway(settings: Settings, created: int | None = None) -> Gateway:
         for name, backend in settings.all_backends.items()
     }
     models = ModelMapper(_model_targets(settings, backends), settings.unmapped_models, backends[DEFAULT_BACKEND])
-    options = {
-        name: EndpointOptions(settings.api_version_for(name), v1=settings.endpoint(name).api == "v1")
-        for name in ENDPOINT_NAMES
-    }
+    def routes_for(backend: str) -> RouteTable:
+        options = {
+            name: EndpointOptions(settings.api_version_for(name, backend), v1=settings.endpoint(name).api == "v1")
+            for name in ENDPOINT_NAMES
+        }
+        return compile_routes(options, settings.backend_api_version(backend), models.known_deployments)
+
     return Gateway(
         backends=backends,
-        routes=compile_routes(options, settings.azure.api_version, models.known_deployments),
+        routes=routes_for(DEFAULT_BACKEND),
+        # Pool members on other backends are sent with their backend's api-version.
+        member_routes={name: routes_for(name) for name in backends if name != DEFAULT_BACKEND},
         models=models,
         models_endpoint=ModelsEndpoint(models.known_models, int(time.time()) if created is None else created),
         limits=Limits(settings.limits.max_request_body_bytes),

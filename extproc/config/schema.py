@@ -245,10 +245,6 @@ class Settings(_Strict):
         for name, backend in self.backends.items():
             if backend.endpoint is None:
                 raise ValueError(f"backends.{name}.endpoint: required")
-            if "api_version" in backend.model_fields_set and backend.api_version != self.azure.api_version:
-                # Every try of a request carries one api-version today (the endpoint's).
-                raise ValueError(f"backends.{name}.api_version: a backend's own api-version is not supported yet; "
-                                 "set azure.api_version (or endpoints.<name>.api_version) for all")
         return self
 
     @property
@@ -263,15 +259,24 @@ class Settings(_Strict):
     def endpoint(self, name: str) -> EndpointSettings:
         return self.endpoints.get(name, EndpointSettings())
 
-    def api_version_for(self, name: str) -> str:
+    def backend_api_version(self, backend: str) -> str:
+        """A backend's default api-version: its own if it sets one, else the `azure:` section's."""
+        own = self.all_backends[backend]
+        return own.api_version if backend == DEFAULT_BACKEND or "api_version" in own.model_fields_set \
+            else self.azure.api_version
+
+    def api_version_for(self, name: str, backend: str = DEFAULT_BACKEND) -> str:
+        """The api-version endpoint `name` is sent with to `backend`: the endpoint's own setting, else the
+        backend's default raised to the endpoint's minimum."""
         options = self.endpoint(name)
         if options.api_version:
             return options.api_version
+        default = self.backend_api_version(backend)
         minimum = MIN_API_VERSION_BY_ENDPOINT.get(name)
         # api-versions are dates (YYYY-MM-DD[-preview]), so string order is release order.
-        if minimum and self.azure.api_version < minimum:
+        if minimum and default < minimum:
             return minimum
-        return self.azure.api_version
+        return default
 
     @property
     def state_path(self) -> Path:

@@ -4,7 +4,7 @@ changes under it is the key a key-file provider holds, which the worker refreshe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..routing import Backend, ModelMapper
@@ -31,6 +31,7 @@ class Gateway:
     routes: RouteTable
     models_endpoint: ModelsEndpoint
     limits: Limits
+    member_routes: Mapping[str, RouteTable] = field(default_factory=dict)  # other backends' (their api-version)
 
     @property
     def credentials_reusable(self) -> bool:

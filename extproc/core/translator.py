@@ -37,6 +37,7 @@ class Translator:
         self._routes = gateway.routes
         self._max_body = gateway.limits.max_request_body_bytes
         self._body_routes = gateway.routes.body_routes
+        self._member_body_routes = {name: table.body_routes for name, table in gateway.member_routes.items()}
         self._models_endpoint = gateway.models_endpoint
         # (bare path or None, prefix, handler): the first the path equals or starts with.
         families: list[tuple[str | None, str, _Family]] = [
@@ -117,7 +118,9 @@ class Translator:
             credential = self._credential(head, member.backend)
             if isinstance(credential, Reply):
                 return credential
-            path = route.path_for(member.deployment, query)
+            routes = self._member_body_routes.get(member.backend.name)
+            member_route = routes["/v1/" + route.operation.path] if routes is not None else route
+            path = member_route.path_for(member.deployment, query)
             if not path.isascii():  # Envoy gets the tries as metadata, which holds text only
                 return errors.invalid_url(head.method, head.path.partition("?")[0])
             tries.append(Try(member.id, path, credential))

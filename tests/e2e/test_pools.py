@@ -18,6 +18,7 @@ from .conftest import API_VERSION, CLIENT_KEY, EmulatorThread, Gateway, start_ga
 
 EAST_KEY = "east-key-e2e"
 WEST_KEY = "west-key-e2e"
+WEST_API_VERSION = "2025-04-01-preview"  # its own; the others use the gateway's
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
 
@@ -38,7 +39,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstre
     gateway = start_gateway(
         tmp_path_factory.mktemp("pools"), azure.url, upstream_pki.ca_cert,
         backends=(f"{{east: {{endpoint: '{east_url}', api_key: {EAST_KEY}, ca_file: '{upstream_pki.ca_cert}'}}, "
-                  f"west: {{endpoint: '{west.url}', api_key_env: WEST_KEY}}}}"),
+                  f"west: {{endpoint: '{west.url}', api_key_env: WEST_KEY, api_version: '{WEST_API_VERSION}'}}}}"),
         models=("{'gpt-4o': [{backend: east, deployment: chat-east, priority: 1}, "
                 "{backend: west, deployment: chat-west, priority: 2}], "
                 "'weighted': [{backend: east, deployment: chat-east, weight: 3}, {backend: west, deployment: chat-west}], "
@@ -68,10 +69,11 @@ def _client(pool: PoolSetup) -> openai.OpenAI:
     return openai.OpenAI(base_url=pool.gateway.http_url + "/v1", api_key=CLIENT_KEY, max_retries=0)
 
 
-def _assert_own_credentials(emulator: EmulatorThread, key: str, deployment: str, host: str) -> None:
+def _assert_own_credentials(emulator: EmulatorThread, key: str, deployment: str, host: str,
+                            api_version: str = API_VERSION) -> None:
     for recorded in emulator.requests():
         assert recorded.path == f"/openai/deployments/{deployment}/chat/completions"
-        assert recorded.query["api-version"] == [API_VERSION]
+        assert recorded.query["api-version"] == [api_version]
         assert recorded.headers["api-key"] == key
         assert recorded.headers["host"] == host  # the member's own name (Envoy: the endpoint's hostname)
         assert "authorization" not in recorded.headers
@@ -94,7 +96,7 @@ def test_a_429_fails_over_inside_the_request_with_the_next_members_own_path_key_
             assert answer.choices[0].message.content
     assert len(pool.east.requests()) == 3 and len(pool.west.requests()) == 3
     _assert_own_credentials(pool.east, EAST_KEY, "chat-east", "localhost")
-    _assert_own_credentials(pool.west, WEST_KEY, "chat-west", "127.0.0.1")
+    _assert_own_credentials(pool.west, WEST_KEY, "chat-west", "127.0.0.1", WEST_API_VERSION)
 
 
 def test_a_stream_fails_over_before_its_first_byte(pool: PoolSetup) -> None:
@@ -105,7 +107,7 @@ def test_a_stream_fails_over_before_its_first_byte(pool: PoolSetup) -> None:
     assert text
     assert len(pool.east.requests()) == 1 and len(pool.west.requests()) == 1
     assert pool.west.last().json["stream"] is True
-    _assert_own_credentials(pool.west, WEST_KEY, "chat-west", "127.0.0.1")
+    _assert_own_credentials(pool.west, WEST_KEY, "chat-west", "127.0.0.1", WEST_API_VERSION)
 
 
 def test_when_every_member_fails_the_client_gets_the_last_answer(pool: PoolSetup) -> None:

@@ -23,7 +23,7 @@ POOLS = """
 azure: {endpoint: https://main.openai.azure.com, api_key: main-key}
 backends:
   east: {endpoint: https://east.openai.azure.com, api_key: east-key}
-  west: {endpoint: http://127.0.0.1:9999, api_key_env: WEST_KEY}
+  west: {endpoint: http://127.0.0.1:9999, api_key_env: WEST_KEY, api_version: 2025-04-01-preview}
   north: {endpoint: https://north.example.com, api_key: north-key, ca_file: {ca}}
 models:
   gpt-4o:
@@ -63,7 +63,8 @@ def test_a_pool_forward_carries_every_members_path_and_credential(tmp_path: Path
     assert forward.tries == (
         Try("0", "/openai/deployments/gpt-4o-east/chat/completions" + query, (("api-key", "east-key"),)),
         Try("1", "/openai/deployments/gpt-4o-north/chat/completions" + query, (("api-key", "north-key"),)),
-        Try("2", "/openai/deployments/gpt-4o-west/chat/completions" + query, (("api-key", "west-key"),)),
+        Try("2", "/openai/deployments/gpt-4o-west/chat/completions?x=1&api-version=2025-04-01-preview",
+            (("api-key", "west-key"),)),  # its backend's own api-version
     )
     # What Envoy gets: the tries as dynamic metadata; no credential in the headers, the client's removed.
     response = body_forward_response(forward)
@@ -99,8 +100,6 @@ def test_models_outside_pools_keep_the_default_backend(tmp_path: Path) -> None:
     ("models: {m: [{backend: default, deployment: d, weight: 0}]}", "weight"),
     ("backends: {default: {endpoint: 'https://x.openai.azure.com'}}", "that name is the `azure:` section's"),
     ("backends: {x: {api_key: k}}", "backends.x.endpoint: required"),
-    ("backends: {x: {endpoint: 'https://x.openai.azure.com', api_key: k, api_version: '2025-01-01'}}",
-     "a backend's own api-version is not supported yet"),
     ("backends: {x: {endpoint: 'https://x.openai.azure.com', api_key_env: NOT_SET}}", "'NOT_SET' is not set"),
     ("backends: {x: {endpoint: 'https://x.openai.azure.com', api_key: k, api_key_env: K}}", "give one of"),
     ("backends: {x: {endpoint: 'https://x.openai.azure.com', type: openai}}", "unknown key"),
