@@ -170,3 +170,9 @@ def test_without_pools_nothing_of_them_is_rendered(tmp_path: Path) -> None:
     text = orjson.dumps(config).decode()
     assert "pool_model" not in text and "pool-" not in text and "previous_priorities" not in text
     assert "metadata_options" not in text  # the ext_proc filter accepts no dynamic metadata at all
+
+
+def test_a_query_that_metadata_cannot_carry_is_refused_not_forwarded(tmp_path: Path) -> None:
+    """The tries travel as protobuf Struct text: a path that is not plain ASCII is a 404, never a guess."""
+    refused = decide(tmp_path, "/v1/chat/completions?q=\udcff", {"model": "gpt-4o", "messages": []})
+    assert isinstance(refused, Reply) and refused.status == 404
