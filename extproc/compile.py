@@ -33,16 +33,11 @@ def upstream_credential(name: str, backend: BackendSettings) -> UpstreamCredenti
 
 
 def _model_targets(settings: Settings, backends: dict[str, Backend]) -> dict[str, str | Pool]:
-    """Each model's deployment, or its pool (numbered in the settings' order, as rendering numbers them)."""
-    targets: dict[str, str | Pool] = {}
-    pools = 0
-    for model, target in settings.models.items():
-        if isinstance(target, str):
-            targets[model] = target
-            continue
-        members = tuple(PoolMember(str(i), backends[m.backend], m.deployment) for i, m in enumerate(target))
-        targets[model] = Pool(pool_cluster_name(pools), members)
-        pools += 1
+    """Each model's deployment, or its pool (numbered as rendering numbers them: `settings.pools`' order)."""
+    targets: dict[str, str | Pool] = {m: t for m, t in settings.models.items() if isinstance(t, str)}
+    for index, (model, members) in enumerate(settings.pools.items()):
+        targets[model] = Pool(pool_cluster_name(index),
+                              tuple(PoolMember(str(i), backends[m.backend], m.deployment) for i, m in enumerate(members)))
     return targets
 
 

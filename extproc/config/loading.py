@@ -17,23 +17,21 @@ CONFIG_PATH_ENV = "AOAI_GATEWAY_CONFIG"
 
 def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
     """Paths in a config file are relative to the file, not to the current directory."""
-    for section, keys in (
-        ("azure", ("api_key_file", "ca_file")),
-        ("listen", ("tls_cert_file", "tls_key_file")),
-        ("extproc", ("socket_dir",)),
-    ):
-        values = raw.get(section)
+    sections: list[tuple[object, tuple[str, ...]]] = [
+        (raw.get("azure"), ("api_key_file", "ca_file")),
+        (raw.get("listen"), ("tls_cert_file", "tls_key_file")),
+        (raw.get("extproc"), ("socket_dir",)),
+    ]
+    backends = raw.get("backends")
+    if isinstance(backends, dict):
+        sections += [(values, ("api_key_file", "ca_file")) for values in backends.values()]
+    for values, keys in sections:
         if isinstance(values, dict):
             for key in keys:
                 if isinstance(values.get(key), str) and not values[key].startswith(("/", "~")):
                     values[key] = str(base / values[key])
     if isinstance(raw.get("state_dir"), str) and not raw["state_dir"].startswith(("/", "~")):
         raw["state_dir"] = str(base / raw["state_dir"])
-    for values in (raw.get("backends") or {}).values() if isinstance(raw.get("backends"), dict) else ():
-        if isinstance(values, dict):
-            for key in ("api_key_file", "ca_file"):
-                if isinstance(values.get(key), str) and not values[key].startswith(("/", "~")):
-                    values[key] = str(base / values[key])
 
 
 def _keys_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -232,7 +232,7 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
         "cluster_name": name,
         "endpoints": [{"priority": level, "lb_endpoints": by_level[level]} for level in sorted(by_level)],
     }
-    if any(not settings.all_backends[m.backend].uses_tls for m in members):
+    if any(not backends[m.backend].uses_tls for m in members):
         matches.append({"name": "plain", "match": {"plain": True}, "transport_socket": {
             "name": "envoy.transport_sockets.raw_buffer",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"},

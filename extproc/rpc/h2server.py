@@ -386,10 +386,7 @@ class Http2Connection(asyncio.Protocol):
                            + b"\x00" + len(message).to_bytes(4, "big") + message)
                 if done:
                     stream.trailers = OK_TRAILERS
-                    out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, OK_TRAILERS))
-                    if not stream.remote_closed:
-                        out.append(frame(RST_STREAM, 0, stream_id, RST_NO_ERROR))
-                    del self._streams[stream_id]
+                    self._end(stream_id, stream)
                 return
         self._send(stream_id, stream, responses)
         if done:
@@ -466,11 +463,15 @@ class Http2Connection(asyncio.Protocol):
             self._window -= size
             stream.window -= size
         if stream.trailers is not None:
-            self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, stream.trailers))
-            if not stream.remote_closed:
-                # As grpc's own servers do: the response is complete, the client need send no more.
-                self._out.append(frame(RST_STREAM, 0, stream_id, RST_NO_ERROR))
-            del self._streams[stream_id]
+            self._end(stream_id, stream)
+
+    def _end(self, stream_id: int, stream: _Stream) -> None:
+        """The trailers, sent once the whole response is out; the stream is then forgotten."""
+        self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, stream.trailers))  # type: ignore[arg-type]
+        if not stream.remote_closed:
+            # As grpc's own servers do: the response is complete, the client need send no more.
+            self._out.append(frame(RST_STREAM, 0, stream_id, RST_NO_ERROR))
+        del self._streams[stream_id]
 
     def _flush_blocked(self) -> None:
         for stream_id, stream in list(self._streams.items()):

@@ -176,3 +176,13 @@ def test_a_query_that_metadata_cannot_carry_is_refused_not_forwarded(tmp_path: P
     """The tries travel as protobuf Struct text: a path that is not plain ASCII is a 404, never a guess."""
     refused = decide(tmp_path, "/v1/chat/completions?q=\udcff", {"model": "gpt-4o", "messages": []})
     assert isinstance(refused, Reply) and refused.status == 404
+
+
+def test_a_backends_files_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "east").write_text("east-from-file\n")
+    loaded = settings(tmp_path, "azure: {endpoint: 'https://main.openai.azure.com', api_key: k}\n"
+                                "backends: {east: {endpoint: 'https://e.openai.azure.com', api_key_file: keys/east}}\n",
+                      env={})
+    assert loaded.backends["east"].api_key_file == tmp_path / "keys" / "east"
+    assert loaded.backends["east"].resolved_api_key() == "east-from-file"
