@@ -1,4 +1,4 @@
-"""Command line only: `python -m extproc {up,serve,health,config,render-envoy,emulator}`; each command's
+"""Command line only: `python -m extproc {up,serve,health,config,status,render-envoy,emulator}`; each command's
 work lives in its package (runtime, envoy_config, config, emulator)."""
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="first render the Envoy config for these settings to PATH (for an Envoy container)")
     commands.add_parser("health", parents=[common], help="exit 0 when every ext_proc worker answers gRPC health SERVING")
     commands.add_parser("config", parents=[common], help="print the effective configuration, secrets redacted")
+    status = commands.add_parser("status", parents=[common],
+                                 help="print each pool's members and their circuit breaker state (running gateway)")
+    status.add_argument("--json", action="store_true", help="the breaker's answer as JSON")
+    status.add_argument("--reset", action="store_true", help="first make every member healthy again")
     render = commands.add_parser("render-envoy", parents=[common], help="write the Envoy config for these settings and validate it")
     render.add_argument("--output", "-o", type=Path, required=True)
     render.add_argument("--tls-cert", type=Path, help="downstream certificate (default: listen.tls_cert_file)")
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             from .runtime.supervisor import check_health
 
             return check_health(settings)
+        if args.command == "status":
+            return _status(settings, args)
         if args.command == "render-envoy":
             return _render(settings, args)
         from .runtime.up import run_up
@@ -69,6 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from .breaker.status import fetch_status, format_status
+
+    if not settings.pools:
+        print("no pools are configured (models: {name: [members]}): there is no circuit breaker")
+        return 0
+    path = settings.breaker_paths.http
+    try:
+        status = fetch_status(path, reset=args.reset)
+    except OSError as exc:
+        print(f"error: no circuit breaker answers on {path} ({exc}); is the gateway running with this config?",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
 
 
 def _config_as_run(settings: Settings) -> dict[str, object]:

@@ -12,9 +12,10 @@ import time
 from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, CredentialError, StaticApiKey, UpstreamCredential
 from .config import BackendSettings, ConfigError, Settings
 from .core.catalogue import ENDPOINT_NAMES
-from .core.gateway import Gateway, Limits
+from .breaker.board import BoardReader
+from .core.gateway import Gateway, Limits, NoTrips, TripBoard
 from .core.models_endpoint import ModelsEndpoint
-from .core.routes import EndpointOptions, RouteTable, compile_routes
+from .core.routes import EndpointOptions, RouteTable, compile_openai_routes, compile_routes
 from .routing import DEFAULT_BACKEND, Backend, ModelMapper, Pool, PoolMember, cluster_name, pool_cluster_name
 
 
@@ -22,33 +23,39 @@ def upstream_credential(name: str, backend: BackendSettings) -> UpstreamCredenti
     """The credential provider for a backend: a key file (re-read when it changes), a static key, or,
     with neither, the client's own key (the Go proxy's behaviour)."""
     label = "azure" if name == DEFAULT_BACKEND else f"backends.{name}"
+    bearer = backend.type == "openai"
     if backend.api_key_file is not None:
         try:
-            return ApiKeyFile(backend.api_key_file, f"{label}.api_key_file")
+            return ApiKeyFile(backend.api_key_file, f"{label}.api_key_file", bearer)
         except CredentialError as exc:
             raise ConfigError(str(exc)) from None
     if backend.api_key is not None:
-        return StaticApiKey(backend.api_key.get_secret_value())
+        return StaticApiKey(backend.api_key.get_secret_value(), bearer)
     return ClientKeyAsApiKey()
 
 
 def _model_targets(settings: Settings, backends: dict[str, Backend]) -> dict[str, str | Pool]:
     """Each model's deployment, or its pool (numbered as rendering numbers them: `settings.pools`' order)."""
     targets: dict[str, str | Pool] = {m: t for m, t in settings.models.items() if isinstance(t, str)}
+    circuits = {pair: index for index, pair in enumerate(settings.circuits)}
     for index, (model, members) in enumerate(settings.pools.items()):
-        targets[model] = Pool(pool_cluster_name(index),
-                              tuple(PoolMember(str(i), backends[m.backend], m.deployment) for i, m in enumerate(members)))
+        targets[model] = Pool(pool_cluster_name(index), tuple(
+            PoolMember(str(i), backends[m.backend], m.deployment, circuits[(m.backend, m.deployment)])
+            for i, m in enumerate(members)))
     return targets
 
 
-def compile_gateway(settings: Settings, created: int | None = None) -> Gateway:
-    """`created`: the time `/v1/models` reports (default: now)."""
+def compile_gateway(settings: Settings, created: int | None = None, trips: TripBoard | None = None) -> Gateway:
+    """`created`: the time `/v1/models` reports (default: now); `trips`: the circuit breaker's board
+    (default: the running breaker's file, when pools exist)."""
     backends = {
         name: Backend(name, cluster_name(name), upstream_credential(name, backend))
         for name, backend in settings.all_backends.items()
     }
     models = ModelMapper(_model_targets(settings, backends), settings.unmapped_models, backends[DEFAULT_BACKEND])
     def routes_for(backend: str) -> RouteTable:
+        if settings.all_backends[backend].type == "openai":
+            return compile_openai_routes()
         options = {
             name: EndpointOptions(settings.api_version_for(name, backend), v1=settings.endpoint(name).api == "v1")
             for name in ENDPOINT_NAMES
@@ -63,6 +70,8 @@ def compile_gateway(settings: Settings, created: int | None = None) -> Gateway:
         models=models,
         models_endpoint=ModelsEndpoint(models.known_models, int(time.time()) if created is None else created),
         limits=Limits(settings.limits.max_request_body_bytes),
+        trips=trips or (BoardReader(settings.breaker_paths.trips, len(settings.circuits)) if settings.pools else NoTrips()),
+        default_model=settings.default_model,
     )
 
 

@@ -21,6 +21,11 @@ Headers = tuple[tuple[str, str], ...]
 API_KEY_HEADER = "api-key"
 
 
+def key_headers(key: str, bearer: bool = False) -> Headers:
+    """Azure's `api-key: KEY`, or OpenAI's `Authorization: Bearer KEY`."""
+    return (("authorization", "Bearer " + key),) if bearer else ((API_KEY_HEADER, key),)
+
+
 class CredentialError(Exception):
     """A credential cannot be loaded (the message says where from, never what it holds)."""
 
@@ -36,12 +41,12 @@ class UpstreamCredential(Protocol):
 
 
 class StaticApiKey:
-    """A key from the config or the environment."""
+    """A key from the config or the environment (`bearer`: sent as OpenAI's `Authorization: Bearer`)."""
 
     reusable = True
 
-    def __init__(self, key: str) -> None:
-        self._headers: Headers = ((API_KEY_HEADER, key),)
+    def __init__(self, key: str, bearer: bool = False) -> None:
+        self._headers: Headers = key_headers(key, bearer)
 
     def headers_for(self, authorization: str, api_key: str) -> Headers:
         return self._headers
@@ -52,9 +57,10 @@ class ApiKeyFile:
 
     reusable = True
 
-    def __init__(self, path: Path, label: str = "api_key_file") -> None:
+    def __init__(self, path: Path, label: str = "api_key_file", bearer: bool = False) -> None:
         self._path = path
         self._label = label
+        self._bearer = bearer
         self._stamp: tuple[int, ...] | None = None
         self._headers: Headers = ()
         self.refresh(strict=True)
@@ -83,7 +89,7 @@ class ApiKeyFile:
         if self._stamp is not None:
             log.info("%s: %s changed; using the new key", self._label, self._path)
         self._stamp = stamp
-        self._headers = ((API_KEY_HEADER, key),)
+        self._headers = key_headers(key, self._bearer)
         return True
 
     def _keep(self, problem: CredentialError, stamp: tuple[int, ...], strict: bool) -> bool:

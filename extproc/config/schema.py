@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -41,8 +41,11 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class BackendSettings(_Strict):
-    """One upstream resource: today the `azure:` section (the backend named `default`)."""
+    """One upstream resource: the `azure:` section (the backend named `default`) or one of `backends:`.
+    `type: openai` is OpenAI itself or an OpenAI-compatible API (pool members only): `/v1/{op}`, the
+    deployment as the body's model, `Authorization: Bearer` with its key, no api-version."""
 
+    type: Literal["azure", "openai"] = "azure"
     endpoint: str | None = None
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
@@ -132,6 +135,52 @@ class PoolMember(_Strict):
         return value
 
 
+StatusRange = Annotated[str, Field(pattern=r"^\s*\d{3}\s*-\s*\d{3}\s*$")]
+
+
+class CircuitBreakerSettings(_Strict):
+    """Per pool member (backend + deployment: Azure's quotas are per deployment), one state for the
+    whole gateway (the breaker process, extproc/breaker). Azure API Management's semantics: `failures`
+    failure statuses within `interval_seconds` trip the member for `trip_seconds`, or for the
+    Retry-After it sent when that is longer (`honour_retry_after`), at most `max_trip_seconds`."""
+
+    # Also what fails over inside a request: an answer with one of these goes to the next member.
+    failure_statuses: list[int | StatusRange] = [429, "500-599"]
+    failures: Annotated[int, Field(ge=1, le=1000)] = 3
+    interval_seconds: Annotated[float, Field(gt=0, le=86400)] = 300
+    trip_seconds: Annotated[float, Field(gt=0, le=86400)] = 60
+    honour_retry_after: bool = True
+    max_trip_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 86400
+
+    @field_validator("failure_statuses")
+    @classmethod
+    def _statuses_are_failures(cls, value: list[int | str]) -> list[int | str]:
+        if not value:
+            raise ValueError("must name at least one status (e.g. [429])")
+        for item in value:
+            low, high = (item, item) if isinstance(item, int) else (int(part) for part in item.split("-"))
+            if low > high:
+                raise ValueError(f"{item!r}: a range goes from the lower status to the higher")
+            if low < 400 or high > 599:
+                raise ValueError(f"{item!r}: only error statuses (400-599) can be failures")
+        return value
+
+    @model_validator(mode="after")
+    def _trip_within_max(self) -> CircuitBreakerSettings:
+        if self.trip_seconds > self.max_trip_seconds:
+            raise ValueError("trip_seconds is longer than max_trip_seconds")
+        return self
+
+    @property
+    def statuses(self) -> tuple[int, ...]:
+        """Every failure status, expanded and sorted."""
+        codes: set[int] = set()
+        for item in self.failure_statuses:
+            low, high = (item, item) if isinstance(item, int) else (int(part) for part in item.split("-"))
+            codes.update(range(low, high + 1))
+        return tuple(sorted(codes))
+
+
 class FailoverSettings(_Strict):
     # Tries across a pool's members for one request (the first included); Envoy sends them.
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
@@ -193,6 +242,10 @@ class Settings(_Strict):
     # A model maps to one deployment on the default backend, or to a pool of members.
     models: dict[str, str | list[PoolMember]] = {}
     failover: FailoverSettings = FailoverSettings()
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    # The model a request that names none is served by (the FastAPI proxy's README example); without
+    # it such a request gets OpenAI's 400 "you must provide a model parameter".
+    default_model: str | None = None
     unmapped_models: UnmappedModelPolicy = UnmappedModelPolicy.PASSTHROUGH
     endpoints: dict[str, EndpointSettings] = {}
     listen: ListenSettings = ListenSettings()
@@ -245,6 +298,22 @@ class Settings(_Strict):
         for name, backend in self.backends.items():
             if backend.endpoint is None:
                 raise ValueError(f"backends.{name}.endpoint: required")
+            if backend.type == "openai" and backend.api_key is None and backend.api_key_file is None:
+                # The client's own key is never sent on: an OpenAI backend needs one of its own.
+                raise ValueError(f"backends.{name}: an openai-type backend needs its key "
+                                 "(api_key, api_key_file or api_key_env)")
+        if self.azure.type != "azure":
+            raise ValueError("azure.type: the `azure:` section is an Azure OpenAI resource; "
+                             "put other APIs in `backends:` and use them in pools")
+        for model, target in self.pools.items():
+            # Envoy resends one body to every member: the OpenAI members' model names must agree.
+            openai_names = {m.deployment for m in target if self.all_backends[m.backend].type == "openai"}
+            if len(openai_names) > 1:
+                raise ValueError(f"models.{model}: its openai-type members name different models "
+                                 f"({', '.join(sorted(openai_names))}); Envoy sends every member the same "
+                                 "body, whose model can be only one of them")
+        if self.default_model is not None and not self.default_model.strip():
+            raise ValueError("default_model: must not be empty")
         return self
 
     @property
@@ -255,6 +324,13 @@ class Settings(_Strict):
     @property
     def pools(self) -> dict[str, list[PoolMember]]:
         return {model: target for model, target in self.models.items() if isinstance(target, list)}
+
+    @property
+    def circuits(self) -> tuple[tuple[str, str], ...]:
+        """Each (backend, deployment) some pool uses, once, in order of appearance: the circuit
+        breaker's unit, numbered by position here (the ext_proc, Envoy's config and the breaker
+        process all number them from this one list)."""
+        return tuple(dict.fromkeys((m.backend, m.deployment) for members in self.pools.values() for m in members))
 
     def endpoint(self, name: str) -> EndpointSettings:
         return self.endpoints.get(name, EndpointSettings())
@@ -292,3 +368,16 @@ class Settings(_Strict):
 
     def socket_paths(self) -> list[Path]:
         return [self.socket_dir / f"extproc-{i}.sock" for i in range(self.worker_count)]
+
+    @property
+    def breaker_paths(self) -> BreakerPaths:
+        return BreakerPaths(self.socket_dir / "breaker.sock", self.socket_dir / "breaker-log.sock",
+                            self.socket_dir / "breaker.trips")
+
+
+class BreakerPaths(NamedTuple):
+    """Where the breaker process (run only when pools exist) listens and publishes."""
+
+    http: Path  # Envoy's health checks (one per member) and `python -m extproc status`
+    access_log: Path  # Envoy's gRPC access log of the pool tries that failed
+    trips: Path  # each circuit's trip deadline, read by every ext_proc worker (extproc/breaker/board.py)

@@ -49,6 +49,7 @@ class Reply:
 
     status: int
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()  # beside content-type (e.g. Retry-After)
 
 
 class AwaitBody(NamedTuple):

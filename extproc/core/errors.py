@@ -6,6 +6,8 @@ anything else (an empty 502, a text/plain 413) surfaces as an opaque exception i
 
 from __future__ import annotations
 
+import math
+
 import orjson
 
 from ..auth.client import authorization_scheme
@@ -141,6 +143,19 @@ def pool_needs_one_deployment(model: str) -> Reply:
         param="model",
         code="unsupported_for_pool",
     )
+
+
+def pool_tripped(model: str, wait_seconds: float) -> Reply:
+    """Every member of the model's pool is tripped: Azure is not called; the SDKs wait and retry."""
+    reply = error(
+        429,
+        f"Every deployment serving the model `{_shown(model)}` is rate limited or failing; the first is expected "
+        f"back in {math.ceil(wait_seconds)} seconds. Please retry after that.",
+        type="requests",
+        code="rate_limit_exceeded",
+    )
+    return Reply(reply.status, reply.body, (("retry-after", str(math.ceil(wait_seconds))),
+                                            ("retry-after-ms", str(math.ceil(wait_seconds * 1000)))))
 
 
 def method_not_allowed(method: str, path: str) -> Reply:

@@ -5,7 +5,7 @@ changes under it is the key a key-file provider holds, which the worker refreshe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Protocol
 
 from ..routing import Backend, ModelMapper
 from .models_endpoint import ModelsEndpoint
@@ -24,6 +24,19 @@ class Limits:
         return self.max_request_body_bytes + GRPC_MESSAGE_HEADROOM
 
 
+class TripBoard(Protocol):
+    """The circuit breaker's trips as a worker sees them (extproc/breaker/board.py reads the clock)."""
+
+    def wait_seconds(self, circuits: tuple[int, ...]) -> float:
+        """0.0 when one of these circuits may be tried; else how long until the first one may."""
+        ...
+
+
+class NoTrips:
+    def wait_seconds(self, circuits: tuple[int, ...]) -> float:
+        return 0.0
+
+
 @dataclass(frozen=True)
 class Gateway:
     backends: Mapping[str, Backend]  # by name, each with its Envoy cluster and credential provider
@@ -32,6 +45,8 @@ class Gateway:
     models_endpoint: ModelsEndpoint
     limits: Limits
     member_routes: Mapping[str, RouteTable] = field(default_factory=dict)  # other backends' (their api-version)
+    trips: TripBoard = field(default_factory=NoTrips)  # pools' members the circuit breaker has tripped
+    default_model: str | None = None  # serves a request whose body names no model
 
     @property
     def credentials_reusable(self) -> bool:

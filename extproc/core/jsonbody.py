@@ -121,13 +121,31 @@ def replace_top_level_string(body: bytes, key: str, value: str) -> bytes:
     return head + spliced.decode("utf-8", "surrogatepass").encode(codec, "surrogatepass")
 
 
-def _spans(body: bytes, key: str) -> tuple[bytes, bytes, list[tuple[int, int]], str]:
-    """(BOM, the text in UTF-8, the spans of `key`'s values in it, the body's codec)."""
+def insert_top_level_string(body: bytes, key: str, value: str) -> bytes:
+    """The body (a JSON object without `key`) with `"key": value` added as its first member; every
+    other byte as the client sent it."""
+    bom, codec = _codec(body)
+    text = body[len(bom) :]
+    utf8 = text if codec == "utf-8" else text.decode(codec, "surrogatepass").encode("utf-8", "surrogatepass")
+    at = utf8.find(b"{") + 1  # only whitespace comes before an object's brace
+    if at == 0:
+        raise InvalidJson("not an object")
+    empty = utf8[at:].lstrip(b" \t\r\n").startswith(b"}")
+    member = json.dumps(key).encode() + b":" + json.dumps(value).encode() + (b"" if empty else b",")
+    spliced = utf8[:at] + member + utf8[at:]
+    return bom + (spliced if codec == "utf-8" else spliced.decode("utf-8", "surrogatepass").encode(codec, "surrogatepass"))
+
+
+def _codec(body: bytes) -> tuple[bytes, str]:
     for bom, codec in _BOMS:
         if body.startswith(bom):
-            break
-    else:
-        bom, codec = b"", json.detect_encoding(body)
+            return bom, codec
+    return b"", json.detect_encoding(body)
+
+
+def _spans(body: bytes, key: str) -> tuple[bytes, bytes, list[tuple[int, int]], str]:
+    """(BOM, the text in UTF-8, the spans of `key`'s values in it, the body's codec)."""
+    bom, codec = _codec(body)
     utf8 = body[len(bom) :]
     try:
         if codec != "utf-8":  # UTF-16/32 (rare): walk the same text in UTF-8, offsets map back exactly

@@ -70,6 +70,18 @@ def compile_routes(
     return RouteTable(body_routes, tuple(resource_routes), query_merger(default_api_version))
 
 
+def compile_openai_routes() -> RouteTable:
+    """OpenAI's own API (a pool member of `type: openai`): `/v1/{op}`, the deployment as the body's model,
+    no api-version. Only the endpoints whose model is in the body: pools serve no others."""
+    no_version = query_merger(None)
+    body_routes = {
+        "/v1/" + op.path: BodyRoute(op, lambda _dep, query, path="/v1/" + op.path: path + no_version(query),
+                                    model_in_body=True)
+        for op in CATALOGUE if op.upload is not Upload.STREAMED
+    }
+    return RouteTable(body_routes, (), no_version)
+
+
 def _resource_route(op: Operation, endpoint: EndpointOptions) -> ResourceRoute:
     azure_prefix = ("/openai/v1/" if endpoint.v1 else "/openai/") + op.path
     merge = query_merger(None if endpoint.v1 else endpoint.api_version)

@@ -22,7 +22,7 @@ from .bodies import BodyModel, model_name, read_model
 from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_UPLOAD_PREFIXES
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead, Try
 from .gateway import Gateway
-from .jsonbody import InvalidJson, TooManyMembers, replace_top_level_string
+from .jsonbody import InvalidJson, TooManyMembers, insert_top_level_string, replace_top_level_string
 from .multipart import is_multipart, replace_field
 from .paths import azure_form_segments_ok, escapes_its_prefix, has_api_version, query_values, without_credentials
 from .routes import BodyRoute, ResourceRoute
@@ -39,6 +39,8 @@ class Translator:
         self._body_routes = gateway.routes.body_routes
         self._member_body_routes = {name: table.body_routes for name, table in gateway.member_routes.items()}
         self._models_endpoint = gateway.models_endpoint
+        self._trips = gateway.trips
+        self._default_model = gateway.default_model
         # (bare path or None, prefix, handler): the first the path equals or starts with.
         families: list[tuple[str | None, str, _Family]] = [
             ("/v1/models", "/v1/models/", lambda head, path, _query: self._models_endpoint.answer(head.method, path)),
@@ -89,7 +91,10 @@ class Translator:
         found = read_model(body, head.content_type, multipart_only=route.multipart_only)
         if isinstance(found, Reply):
             return found
-        model = model_name(found)
+        if self._default_model is not None and _names_no_model(found):
+            model: str | Reply = self._default_model
+        else:
+            model = model_name(found)
         if isinstance(model, Reply):
             return model
         target = self._models.target_for(model)
@@ -104,7 +109,7 @@ class Translator:
             if isinstance(credential, Reply):
                 return credential
         new_body = None
-        if route.model_in_body and target.deployment != model:
+        if route.model_in_body and (target.deployment != model or _names_no_model(found)):
             new_body = _with_model(body, found, target.deployment)
             if isinstance(new_body, Reply):
                 return new_body
@@ -112,8 +117,12 @@ class Translator:
 
     def _to_pool(self, head: RequestHead, route: BodyRoute, query: str, body: bytes, found: BodyModel,
                  model: str, pool: Pool) -> BodyDecision:
-        """Every member's path and credential: Envoy picks the member and fails over between them."""
+        """Every member's path and credential: Envoy picks the member and fails over between them;
+        when the circuit breaker has tripped every member, the 429 that says when to come back."""
+        if (wait := self._trips.wait_seconds(pool.circuits)) > 0:
+            return errors.pool_tripped(model, wait)
         tries = []
+        in_body = set()  # the deployments members read from the body (Azure's v1 and responses, OpenAI)
         for member in pool.members:
             credential = self._credential(head, member.backend)
             if isinstance(credential, Reply):
@@ -124,14 +133,15 @@ class Translator:
             if not path.isascii():  # Envoy gets the tries as metadata, which holds text only
                 return errors.invalid_url(head.method, head.path.partition("?")[0])
             tries.append(Try(member.id, path, credential))
+            if member_route.model_in_body:
+                in_body.add(member.deployment)
         new_body = None
-        if route.model_in_body:
-            # The body names the deployment and Envoy resends the same body on every try.
-            deployments = {member.deployment for member in pool.members}
-            if len(deployments) > 1:
+        if in_body:
+            # Envoy resends the same body on every try: one name must do for every member reading it.
+            if len(in_body) > 1:
                 return errors.pool_needs_one_deployment(model)
-            deployment = deployments.pop()
-            if deployment != model:
+            deployment = in_body.pop()
+            if deployment != model or _names_no_model(found):
                 new_body = _with_model(body, found, deployment)
                 if isinstance(new_body, Reply):
                     return new_body
@@ -224,11 +234,21 @@ class Translator:
         return forward
 
 
+def _names_no_model(found: BodyModel) -> bool:
+    """A JSON body without a `model` member, or a form without a `model` field (`default_model`'s case)."""
+    return found.field is None and (found.document is None or "model" not in found.document)
+
+
 def _with_model(body: bytes, found: BodyModel, deployment: str) -> bytes | Reply:
-    """The body with its model replaced by the deployment name, every other byte as sent."""
+    """The body with its model replaced by the deployment name (or, naming none, with it added),
+    every other byte as sent."""
     if found.field is not None:
         return replace_field(body, found.field, deployment)
+    if found.document is None:  # a form without a model field: not written into
+        return errors.MISSING_MODEL
     try:
+        if "model" not in found.document:
+            return insert_top_level_string(body, "model", deployment)
         return replace_top_level_string(body, "model", deployment)
     except TooManyMembers:  # the walk to the model is bounded too
         return errors.TOO_MANY_MEMBERS

@@ -1,11 +1,12 @@
-"""Azure OpenAI's two ways to authenticate: a resource key or an Entra ID bearer token."""
+"""Azure OpenAI's two ways to authenticate: a resource key or an Entra ID bearer token;
+and OpenAI's one, a bearer API key, for `openai_api` mode."""
 
 from __future__ import annotations
 
 import hmac
 from typing import Mapping
 
-from .errors import unauthorized
+from .errors import openai_unauthorized, unauthorized
 from .settings import EmulatorSettings
 
 V1_PREFIX = "/openai/v1/"
@@ -16,17 +17,27 @@ def _matches(candidate: str, accepted: tuple[str, ...]) -> bool:
     return any(hmac.compare_digest(candidate.encode(), value.encode()) for value in accepted)
 
 
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def check_auth(headers: Mapping[str, str], path: str, settings: EmulatorSettings) -> None:
-    """Raise Azure's 401 unless the request carries an accepted credential."""
+    """Raise Azure's 401 (OpenAI's in `openai_api` mode) unless the request carries an accepted credential."""
+    token = _bearer(headers)
+    if settings.openai_api:
+        # OpenAI knows neither `api-key` nor Entra tokens: only an API key as a bearer token.
+        if token is None or not _matches(token, settings.api_keys):
+            raise openai_unauthorized(token)
+        return
     api_key = headers.get("api-key")
     if api_key is not None and _matches(api_key, settings.api_keys):
         return
-    scheme, _, token = headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token:
+    if token is not None:
         accepted = settings.bearer_tokens
         # The v1 API is called with the plain OpenAI SDK, which sends the resource key as a bearer token.
         if path.startswith(V1_PREFIX):
             accepted = accepted + settings.api_keys
-        if _matches(token.strip(), accepted):
+        if _matches(token, accepted):
             return
     raise unauthorized()

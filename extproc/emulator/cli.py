@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         help="fail matching requests, e.g. deployment=gpt-4o,status=429,retry_after=30[,count=N][,percent=P]"
         " (repeatable; an empty SPEC: 429 for every request; see /_emulator/throttle)",
     )
+    parser.add_argument(
+        "--openai-api",
+        action="store_true",
+        help="serve OpenAI's API (/v1/..., body `model` names a deployment, Bearer api key) instead of Azure's",
+    )
     parser.add_argument("--chunk-interval-ms", type=float, default=0.0, help="default pause between streamed chunks")
     parser.add_argument("--log-level", default="INFO", help="DEBUG logs one line per request")
     return parser
@@ -90,6 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         ssl_context=ssl_context,
         default_chunk_interval_s=args.chunk_interval_ms / 1000,
         throttles=tuple(args.throttles),
+        openai_api=args.openai_api,
     )
 
 
@@ -100,7 +106,8 @@ async def serve(settings: EmulatorSettings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    log.info("Azure OpenAI emulator listening on %s (deployments: %s)", emulator.url, ", ".join(settings.deployments))
+    api = "OpenAI API" if settings.openai_api else "Azure OpenAI"
+    log.info("%s emulator listening on %s (deployments: %s)", api, emulator.url, ", ".join(settings.deployments))
     try:
         await stop.wait()
     finally:

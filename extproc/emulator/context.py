@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .bodies import Form, ParsedBody
 from .model_capabilities import Capability, ModelInfo, model_info
-from .errors import deployment_not_found, not_found, operation_not_supported
+from .errors import deployment_not_found, model_not_found, model_not_supported, not_found, operation_not_supported
 from .faults import FaultPlan
 from .state import EmulatorState
 
@@ -23,11 +23,12 @@ T = TypeVar("T")
 
 
 class Surface(enum.Enum):
-    """The three URL shapes of an Azure OpenAI resource."""
+    """The three URL shapes of an Azure OpenAI resource, and OpenAI's own (`openai_api` mode)."""
 
     DEPLOYMENT = "/openai/deployments/{deployment}/"  # deployment in the path, api-version required
     RESOURCE = "/openai/"  # resource-level ops (files, batches, responses), api-version required
     V1 = "/openai/v1/"  # OpenAI-compatible: deployment in the body's `model`, no api-version
+    OPENAI = "/v1/"  # OpenAI itself: as V1, with OpenAI's errors; the only surface in that mode
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,17 @@ class Deployment:
         return self.info.reported_name
 
 
-def resolve_deployment(deployments: Mapping[str, str], name: str, capability: Capability) -> Deployment:
-    """Find a deployment and check its model can do the operation, as Azure does."""
+def resolve_deployment(
+    deployments: Mapping[str, str], name: str, capability: Capability, openai: bool = False
+) -> Deployment:
+    """Find a deployment and check its model can do the operation, as Azure does
+    (`openai`: as OpenAI does, the deployment standing for the model of that name)."""
     model = deployments.get(name)
     if model is None:
-        raise deployment_not_found()
+        raise model_not_found(name) if openai else deployment_not_found()
     deployment = Deployment(name, model)
     if capability not in deployment.info.capabilities:
-        raise operation_not_supported(capability.value, model)
+        raise model_not_supported(name, capability.value) if openai else operation_not_supported(capability.value, model)
     return deployment
 
 

@@ -1,4 +1,5 @@
-"""Azure OpenAI's error bodies, raised as exceptions and rendered by the middleware."""
+"""Azure OpenAI's error bodies (and OpenAI's, for `openai_api` mode), raised as exceptions
+and rendered by the middleware."""
 
 from __future__ import annotations
 
@@ -93,3 +94,46 @@ def expectation_failed() -> AzureError:
 
 def internal_error() -> AzureError:
     return AzureError(500, {"code": "InternalServerError", "message": "The emulator failed."})
+
+
+# OpenAI's own answers, for `EmulatorSettings.openai_api` (api.openai.com words them so).
+NO_API_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if "
+    "you're accessing the API from your browser and are prompted for a username and password. You can "
+    "obtain an API key from https://platform.openai.com/account/api-keys."
+)
+
+
+def _masked(key: str) -> str:
+    """OpenAI quotes a wrong key masked (`sk-ab***yz`); a short one not at all."""
+    return f"{key[:5]}***{key[-2:]}" if len(key) > 10 else "***"
+
+
+def openai_unauthorized(key: str | None) -> AzureError:
+    if not key:
+        return invalid_request(NO_API_KEY_MESSAGE, param=None, status=401)
+    message = (
+        f"Incorrect API key provided: {_masked(key)}. "
+        "You can find your API key at https://platform.openai.com/account/api-keys."
+    )
+    return invalid_request(message, param=None, code="invalid_api_key", status=401)
+
+
+def model_not_found(name: str) -> AzureError:
+    return invalid_request(
+        f"The model `{name}` does not exist or you do not have access to it.", None, "model_not_found", 404
+    )
+
+
+def missing_model() -> AzureError:
+    return invalid_request("you must provide a model parameter", param="model")
+
+
+def model_not_supported(name: str, operation: str) -> AzureError:
+    """OpenAI's answer to a model the endpoint cannot run (Azure's is `OperationNotSupported`)."""
+    return invalid_request(f"The model `{name}` does not support the {operation} operation.", param="model")
+
+
+def invalid_url(method: str, path: str) -> AzureError:
+    return invalid_request(f"Invalid URL ({method} {path})", param=None, status=404)

@@ -25,6 +25,8 @@ from ..routing import DEFAULT_BACKEND, POOL_METADATA_NAMESPACE, cluster_name, po
 # Envoy answers 404 itself, so an undecided request cannot leave it.
 UNDECIDED_CLUSTER = "aoai_gateway_undecided"
 POOL_MODEL = "pool_model"  # the template's model of a pool's cluster and route, copied once per pool
+BREAKER_LOG_CLUSTER = "breaker_log"  # the circuit breaker's gRPC access log (kept only with pools)
+BREAKER_HEALTH_HOST = "circuit-{}"  # a member's health check Host (extproc/breaker/service.py reads it)
 TEMPLATE_ENV = "AOAI_GATEWAY_ENVOY_TEMPLATE"
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
 SYSTEM_CA_BUNDLES = (
@@ -149,7 +151,30 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
 
     _upstream_cluster(_named(resources["clusters"], cluster_name(DEFAULT_BACKEND), "cluster"), DEFAULT_BACKEND, settings.azure)
     _pools(settings, resources, listeners)
+    _breaker_log(settings, resources, listeners)
     return config
+
+
+def _breaker_log(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:
+    """The routers' upstream_log to the breaker and its cluster: with pools only (nothing to log else)."""
+    cluster = _named(resources["clusters"], BREAKER_LOG_CLUSTER, "cluster")
+    for listener in listeners:
+        for http_filter in _http_filters(listener):
+            if http_filter["name"] != "envoy.filters.http.router":
+                continue
+            config = http_filter["typed_config"]
+            if not settings.pools:
+                config.pop("upstream_log", None)
+                continue
+            for logger in config.get("upstream_log", []):
+                if logger["typed_config"]["common_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == BREAKER_LOG_CLUSTER:
+                    first = logger["filter"]["and_filter"]["filters"][1]["or_filter"]["filters"][0]
+                    first["status_code_filter"]["comparison"]["value"]["default_value"] = settings.circuit_breaker.statuses[0]
+    if not settings.pools:
+        resources["clusters"].remove(cluster)
+        return
+    cluster["load_assignment"]["endpoints"] = [
+        {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(settings.breaker_paths.access_log)}}}}]}]
 
 
 def _pools(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:
@@ -184,6 +209,7 @@ def _pool_route(model: dict[str, Any], name: str, members: list[PoolMember], set
     retry["num_retries"] = min(settings.failover.max_attempts, len(members)) - 1
     retry["per_try_timeout"] = _seconds(settings.failover.try_timeout_seconds)
     sizes = collections.Counter(member.priority for member in members)
+    retry["retriable_status_codes"] = list(settings.circuit_breaker.statuses)
     if len(sizes) > 1:
         # Retries stay within a priority (another member each time: previous_hosts) until as many
         # tries as its largest level has members were made, then move to the next priority.
@@ -204,6 +230,8 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
     cluster = copy.deepcopy(model)
     cluster["name"] = name
     levels = {priority: level for level, priority in enumerate(sorted({m.priority for m in members}))}
+    circuits = {pair: index for index, pair in enumerate(settings.circuits)}
+    breaker = {"pipe": {"path": str(settings.breaker_paths.http)}}
     by_level: dict[int, list[dict[str, Any]]] = {}
     matches = []
     backends = settings.all_backends
@@ -220,11 +248,14 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
             tls = copy.deepcopy(model["transport_socket"])
             tls["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"] = {"filename": str(backend.ca_file)}
             matches.append({"name": f"member-{i}", "match": {"member": str(i)}, "transport_socket": tls})
-        metadata: dict[str, Any] = {"aoai": {"member": str(i)}}
+        circuit = circuits[(member.backend, member.deployment)]
+        metadata: dict[str, Any] = {"aoai": {"member": str(i), "circuit": str(circuit)}}
         if socket_match:
             metadata["envoy.transport_socket_match"] = socket_match
         by_level.setdefault(levels[member.priority], []).append({
-            "endpoint": {"hostname": host, "address": {"socket_address": {"address": host, "port_value": port}}},
+            "endpoint": {"hostname": host, "address": {"socket_address": {"address": host, "port_value": port}},
+                         # Its health is the breaker's word on its circuit.
+                         "health_check_config": {"hostname": BREAKER_HEALTH_HOST.format(circuit), "address": breaker}},
             "load_balancing_weight": member.weight,
             "metadata": {"filter_metadata": metadata},
         })
@@ -232,18 +263,17 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
         "cluster_name": name,
         "endpoints": [{"priority": level, "lb_endpoints": by_level[level]} for level in sorted(by_level)],
     }
-    if any(not backends[m.backend].uses_tls for m in members):
-        matches.append({"name": "plain", "match": {"plain": True}, "transport_socket": {
-            "name": "envoy.transport_sockets.raw_buffer",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"},
-        }})
+    # Plain-HTTP members, and every member's health check (the breaker's Unix socket).
+    matches.append({"name": "plain", "match": {"plain": True}, "transport_socket": {
+        "name": "envoy.transport_sockets.raw_buffer",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"},
+    }})
     # The cluster's own TLS socket serves the members without a CA file of their own: the system's CAs.
     validation = cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
     uses_system_cas = any(backends[m.backend].uses_tls and backends[m.backend].ca_file is None for m in members)
     own_cas = [backends[m.backend].ca_file for m in members if backends[m.backend].ca_file is not None]
     validation["trusted_ca"] = {"filename": str(system_ca_bundle() if uses_system_cas or not own_cas else own_cas[0])}
-    if matches:
-        cluster["transport_socket_matches"] = matches
+    cluster["transport_socket_matches"] = matches
     return cluster
 
 

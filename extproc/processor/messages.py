@@ -105,7 +105,7 @@ def reply_response(reply: Reply) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=HttpStatus(code=reply.status),  # type: ignore[arg-type]
-            headers=pb.HeaderMutation(set_headers=[_JSON_CONTENT_TYPE]),
+            headers=pb.HeaderMutation(set_headers=[_JSON_CONTENT_TYPE, *(_header(k, v) for k, v in reply.headers)]),
             body=reply.body,
             details=REPLY_DETAILS,
         )

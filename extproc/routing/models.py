@@ -33,11 +33,13 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class PoolMember:
-    """One member of a pool: `id` names it in Envoy (its endpoint's metadata `aoai.member`)."""
+    """One member of a pool: `id` names it in Envoy (its endpoint's metadata `aoai.member`), `circuit`
+    its (backend, deployment) in the circuit breaker (`Settings.circuits`' numbering)."""
 
     id: str
     backend: Backend
     deployment: str
+    circuit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,10 @@ class Pool:
 
     cluster: str
     members: tuple[PoolMember, ...]
+
+    @property
+    def circuits(self) -> tuple[int, ...]:
+        return tuple(member.circuit for member in self.members)
 
 
 class ModelMapper:

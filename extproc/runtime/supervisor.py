@@ -1,4 +1,5 @@
-"""The ext_proc service: `worker_count` worker processes, one Unix socket each, kept running.
+"""The ext_proc service: `worker_count` worker processes, one Unix socket each, kept running (and
+the circuit breaker's process when pools exist: extproc/breaker).
 
 Envoy lists every socket as an endpoint of the `extproc` cluster (least-request balancing): Unix
 sockets have no SO_REUSEPORT, so separate sockets are how several processes share the load. With
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
+from ..breaker.board import create as create_board
 from ..config import Settings
 from ..rpc.health import is_serving
 from .processes import WORKER_STOP_TIMEOUT_S
@@ -142,28 +144,37 @@ class Supervisor:
 
 
 def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
-    """Run `worker_count` worker processes, started again when one dies; SIGTERM/SIGINT stop them all."""
+    """Run `worker_count` worker processes (and, when pools exist, the circuit breaker's process),
+    each started again when it dies; SIGTERM/SIGINT stop them all."""
     paths = settings.socket_paths()
+    breaker = bool(settings.pools)
     try:
-        for path in paths:
+        for path in paths + ([settings.breaker_paths.http, settings.breaker_paths.access_log] if breaker else []):
             prepare_socket(path)
     except SocketInUseError as exc:
         log.error("%s; is the ext_proc already running?", exc)
         return 1
-    if len(paths) == 1:
+    if breaker:
+        # Before any reader or writer starts: every worker maps this file at its start.
+        create_board(settings.breaker_paths.trips, len(settings.circuits))
+    if len(paths) == 1 and not breaker:
         run_worker(settings, paths[0])  # one process: its exit is the service's (systemd, Kubernetes or `up` acts)
         return 0
     # Workers are forked from a fork server that has imported the worker's modules but run nothing:
     # a restarted worker serves in tens of milliseconds instead of the ~0.5 s a fresh interpreter
     # needs to import them, and still inherits no gRPC state (nothing gRPC ran in the fork server).
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["extproc.runtime.worker"])
+    context.set_forkserver_preload(["extproc.runtime.worker"] + (["extproc.runtime.breaker_process"] if breaker else []))
     level = logging.getLogger().getEffectiveLevel()
 
     def start(slot: int) -> BaseProcess:
+        if slot == len(paths):  # the last slot, with pools: the breaker (its state is lost if it dies)
+            from .breaker_process import run_breaker
+
+            return context.Process(target=run_breaker, args=(settings, os.getpid(), level), name="breaker")
         return context.Process(target=run_worker, args=(settings, paths[slot], os.getpid(), level), name=f"extproc-{slot}")
 
-    supervisor = Supervisor(start, len(paths), policy)
+    supervisor = Supervisor(start, len(paths) + breaker, policy)
     # Installed before any worker starts, so an early SIGTERM is not lost.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: supervisor.stop())

@@ -120,6 +120,8 @@ def run_up(settings: Settings, config_path: str | None) -> int:
         # Nothing is written before these two checks: a refused start leaves a running gateway alone.
         lock = lock_state_dir(settings)
         sockets = settings.socket_paths()
+        if settings.pools:  # Envoy's first health checks of the pools' members ask the breaker
+            sockets += [settings.breaker_paths.http, settings.breaker_paths.access_log]
         if busy := [p for p in sockets if socket_in_use(p)]:
             # Else the readiness check below would pass on the other instance's sockets.
             raise RuntimeError(f"another ext_proc is serving on {busy[0]}; is the gateway already running?")

@@ -100,7 +100,7 @@ def run_worker(settings: Settings, socket_path: Path, supervisor_pid: int | None
     if supervisor_pid is not None:  # a spawned worker: a fresh interpreter
         logging.basicConfig(level=log_level or logging.INFO,
                             format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
-        if not _die_with_supervisor(supervisor_pid):
+        if not die_with_supervisor(supervisor_pid):
             return
     _install_uvloop()
     asyncio.run(_serve_one(settings, socket_path))
@@ -109,10 +109,10 @@ def run_worker(settings: Settings, socket_path: Path, supervisor_pid: int | None
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_supervisor(supervisor_pid: int) -> bool:
+def die_with_supervisor(supervisor_pid: int) -> bool:
     """Have Linux SIGKILL this worker when its parent dies, even by SIGKILL: an orphaned worker
     would keep its socket and so block the next start. The parent is the supervisor's fork server,
-    which exits when the supervisor does, so the worker goes with either. SIGKILL, not SIGTERM: a hung
+    which exits when the supervisor does, so the worker goes with either (the breaker process too). SIGKILL, not SIGTERM: a hung
     worker ignores SIGTERM, and a stale socket file is cleared on the next start. False when the
     supervisor or the parent is already gone."""
     if sys.platform.startswith("linux"):

@@ -25,9 +25,10 @@ ALLOWED = {
     "config": {"core", "routing", "auth"},
     "processor": {"core", "rpc", "auth", "routing"},
     "rpc": set(),
-    "compile": {"config", "core", "routing", "auth"},
+    "compile": {"config", "core", "routing", "auth", "breaker"},
+    "breaker": {"config"},
     "envoy_config": {"config", "core", "routing", "auth"},
-    "runtime": {"compile", "config", "core", "processor", "rpc", "envoy_config", "routing", "auth"},
+    "runtime": {"compile", "config", "core", "processor", "rpc", "envoy_config", "routing", "auth", "breaker"},
     "emulator": set(),
 }
 

@@ -102,7 +102,21 @@ def test_models_outside_pools_keep_the_default_backend(tmp_path: Path) -> None:
     ("backends: {x: {api_key: k}}", "backends.x.endpoint: required"),
     ("backends: {x: {endpoint: 'https://x.openai.azure.com', api_key_env: NOT_SET}}", "'NOT_SET' is not set"),
     ("backends: {x: {endpoint: 'https://x.openai.azure.com', api_key: k, api_key_env: K}}", "give one of"),
-    ("backends: {x: {endpoint: 'https://x.openai.azure.com', type: openai}}", "unknown key"),
+    ("backends: {x: {endpoint: 'https://x.openai.azure.com', type: oai}}", "backends.x.type"),
+    ("backends: {x: {endpoint: 'https://api.openai.com', type: openai}}", "an openai-type backend needs its key"),
+    ("azure: {type: openai}", "azure.type"),
+    ("backends: {a: {endpoint: 'https://a.example', type: openai, api_key: k},"
+     " b: {endpoint: 'https://b.example', type: openai, api_key: k}}\n"
+     "models: {m: [{backend: a, deployment: gpt-4o}, {backend: b, deployment: gpt-4o-mini}]}",
+     "openai-type members name different models"),
+    ("circuit_breaker: {failure_statuses: [429, '599-500']}", "from the lower status to the higher"),
+    ("circuit_breaker: {failure_statuses: ['200-299']}", "only error statuses"),
+    ("circuit_breaker: {failure_statuses: ['5xx']}", "circuit_breaker.failure_statuses"),
+    ("circuit_breaker: {failure_statuses: []}", "at least one status"),
+    ("circuit_breaker: {trip_seconds: 100, max_trip_seconds: 10}", "longer than max_trip_seconds"),
+    ("circuit_breaker: {failures: 0}", "circuit_breaker.failures"),
+    ("circuit_breaker: {trips: 3}", "circuit_breaker.trips: unknown key"),
+    ("default_model: ' '", "default_model"),
     ("failover: {max_attempts: 0}", "failover.max_attempts"),
 ])
 def test_inconsistent_pools_are_refused_at_start_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
@@ -132,7 +146,18 @@ def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path
     assert [level["priority"] for level in levels] == [0, 1]  # 5 and 9, counted from 0
     east, north = levels[0]["lb_endpoints"]
     assert east["endpoint"]["hostname"] == "east.openai.azure.com" and east["load_balancing_weight"] == 3
-    assert east["metadata"]["filter_metadata"] == {"aoai": {"member": "0"}}  # the cluster's own TLS socket
+    # The cluster's own TLS socket; its circuit, whose health the breaker answers on its Unix socket.
+    assert east["metadata"]["filter_metadata"] == {"aoai": {"member": "0", "circuit": "0"}}
+    assert east["endpoint"]["health_check_config"] == {
+        "hostname": "circuit-0", "address": {"pipe": {"path": str(tmp_path / "state" / "run" / "breaker.sock")}}}
+    [health_check] = clusters["pool-0"]["health_checks"]
+    assert health_check["transport_socket_match_criteria"] == {"plain": True}  # never TLS to the breaker
+    assert clusters["pool-0"]["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
+    # `same` shares no (backend, deployment) with gpt-4o: circuits 3 and 4.
+    assert [e["metadata"]["filter_metadata"]["aoai"]["circuit"]
+            for e in clusters["pool-1"]["load_assignment"]["endpoints"][0]["lb_endpoints"]] == ["3", "4"]
+    assert clusters["breaker_log"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "pipe": {"path": str(tmp_path / "state" / "run" / "breaker-log.sock")}}
     assert north["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {"member": "1"}
     [west] = levels[1]["lb_endpoints"]
     assert west["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {"plain": True}
@@ -158,6 +183,13 @@ def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path
         assert first["match"]["headers"][0]["string_match"]["exact"] == "pool-0"
         retry = first["route"]["retry_policy"]
         assert retry["num_retries"] == 2 and retry["per_try_timeout"] == "600s"
+        # circuit_breaker.failure_statuses' default: 429 and 500-599, sent to the next member.
+        assert retry["retriable_status_codes"] == [429, *range(500, 600)]
+        assert retry["retry_on"] == "retriable-status-codes,reset,connect-failure"
+        router = next(f for f in listener["filter_chains"][-1]["filters"][0]["typed_config"]["http_filters"]
+                      if f["name"] == "envoy.filters.http.router")["typed_config"]
+        [breaker_log] = router["upstream_log"]
+        assert breaker_log["typed_config"]["common_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "breaker_log"
         assert retry["retry_priority"]["typed_config"]["update_frequency"] == 2  # two members at the first level
         assert "retry_priority" not in by_cluster["pool-1"]["route"]["retry_policy"]  # one level
         assert by_cluster["pool-1"]["route"]["retry_policy"]["num_retries"] == 1  # two members: one retry
@@ -168,6 +200,7 @@ def test_without_pools_nothing_of_them_is_rendered(tmp_path: Path) -> None:
                                                      "state_dir: {state}\nlisten: {https_port: null}\n"), None)
     assert [c["name"] for c in config["static_resources"]["clusters"]] == ["extproc", "azure"]
     text = orjson.dumps(config).decode()
+    assert "upstream_log" not in text and "breaker_log" not in text  # no breaker, no access log to it
     assert "pool_model" not in text and "pool-" not in text and "previous_priorities" not in text
     assert "metadata_options" not in text  # the ext_proc filter accepts no dynamic metadata at all
 
@@ -186,3 +219,82 @@ def test_a_backends_files_are_relative_to_the_config_file(tmp_path: Path) -> Non
                       env={})
     assert loaded.backends["east"].api_key_file == tmp_path / "keys" / "east"
     assert loaded.backends["east"].resolved_api_key() == "east-from-file"
+
+
+OPENAI_POOL = """
+azure: {endpoint: https://main.openai.azure.com, api_key: main-key}
+backends:
+  oai: {type: openai, endpoint: https://api.openai.com, api_key: sk-oai}
+models:
+  gpt-4o:
+    - {backend: default, deployment: gpt-4o-prod}
+    - {backend: oai, deployment: gpt-4o-2024-08-06, priority: 2}
+state_dir: {state}
+listen: {https_port: null}
+"""
+
+
+def test_an_openai_member_gets_openais_path_a_bearer_key_and_its_model_in_the_body(tmp_path: Path) -> None:
+    translator = Translator(compile_gateway(settings(tmp_path, OPENAI_POOL, env={})))
+    decision = translator.on_headers(RequestHead("POST", "/v1/chat/completions?api-version=1&x=1", "application/json",
+                                                 has_body=True, api_key="client"))
+    assert isinstance(decision, AwaitBody)
+    forward = decision.finish(b'{"model": "gpt-4o", "messages": []}')
+    assert isinstance(forward, Forward)
+    azure, openai = forward.tries
+    assert azure.path == "/openai/deployments/gpt-4o-prod/chat/completions?x=1&api-version=2024-10-21"
+    assert azure.credential == (("api-key", "main-key"),)
+    assert openai.path == "/v1/chat/completions?x=1"  # no api-version for OpenAI
+    assert openai.credential == (("authorization", "Bearer sk-oai"),)
+    # Azure reads the deployment from the path; OpenAI reads the body, which every try shares.
+    assert forward.body == b'{"model": "gpt-4o-2024-08-06", "messages": []}'
+
+
+def test_an_openai_member_is_rendered_with_the_system_cas_and_its_own_name(tmp_path: Path) -> None:
+    config = envoy_config.render(settings(tmp_path, OPENAI_POOL, env={}), None)
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "pool-0")
+    hosts = [e["endpoint"]["hostname"] for level in cluster["load_assignment"]["endpoints"] for e in level["lb_endpoints"]]
+    assert hosts == ["main.openai.azure.com", "api.openai.com"]
+    assert "sk-oai" not in orjson.dumps(config).decode()
+
+
+DEFAULT_MODEL = """
+azure: {endpoint: https://main.openai.azure.com, api_key: main-key}
+models: {gpt-4o: chat}
+default_model: gpt-4o
+endpoints: {responses: {api: classic}}
+state_dir: {state}
+listen: {https_port: null}
+"""
+
+
+@pytest.mark.parametrize(("path", "body", "sent_path", "sent_body"), [
+    # The deployment is in the path: the body goes on as sent.
+    ("/v1/chat/completions", b'{"messages": []}', "/openai/deployments/chat/chat/completions?api-version=2024-10-21", None),
+    # The deployment is read from the body (responses): the model is added to it.
+    ("/v1/responses", b'{"input": "hi"}', "/openai/responses?api-version=2025-04-01-preview",
+     b'{"model":"chat","input": "hi"}'),
+    ("/v1/responses", b'{ }', "/openai/responses?api-version=2025-04-01-preview", b'{"model":"chat" }'),
+])
+def test_default_model_serves_a_request_that_names_none(tmp_path: Path, path: str, body: bytes, sent_path: str,
+                                                         sent_body: bytes | None) -> None:
+    translator = Translator(compile_gateway(settings(tmp_path, DEFAULT_MODEL, env={})))
+    decision = translator.on_headers(RequestHead("POST", path, "application/json", has_body=True))
+    assert isinstance(decision, AwaitBody)
+    forward = decision.finish(body)
+    assert isinstance(forward, Forward), forward
+    assert forward.path == sent_path and forward.body == sent_body
+    # A model that is named, even null, is not replaced by the default.
+    named = translator.on_headers(RequestHead("POST", path, "application/json", has_body=True))
+    assert isinstance(named, AwaitBody)
+    refused = named.finish(b'{"model": null, "input": "hi"}')
+    assert isinstance(refused, Reply) and refused.status == 400
+
+
+def test_without_default_model_a_request_naming_no_model_keeps_openais_400(tmp_path: Path) -> None:
+    translator = Translator(compile_gateway(settings(tmp_path, DEFAULT_MODEL.replace("default_model: gpt-4o\n", ""),
+                                                     env={})))
+    decision = translator.on_headers(RequestHead("POST", "/v1/chat/completions", "application/json", has_body=True))
+    assert isinstance(decision, AwaitBody)
+    refused = decision.finish(b'{"messages": []}')
+    assert isinstance(refused, Reply) and refused.status == 400 and b"you must provide a model" in refused.body
