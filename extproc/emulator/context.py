@@ -56,7 +56,9 @@ def resolve_deployment(
         raise model_not_found(name) if openai else deployment_not_found()
     deployment = Deployment(name, model)
     if capability not in deployment.info.capabilities:
-        raise model_not_supported(name, capability.value) if openai else operation_not_supported(capability.value, model)
+        if openai:
+            raise model_not_supported(name, capability.value)
+        raise operation_not_supported(capability.value, model)
     return deployment
 
 

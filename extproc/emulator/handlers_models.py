@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from .model_capabilities import Capability, model_info
-from .context import Call
-from .errors import not_found
+from .context import Call, Surface
+from .errors import model_not_found, not_found
 from .jsonio import json_response
 
 _STARTED = int(time.time())
@@ -20,7 +20,7 @@ def _deployment_model(name: str) -> dict[str, Any]:
 
 
 async def list_deployment_models(call: Call) -> web.StreamResponse:
-    """GET /openai/v1/models: the deployments, which is what v1 clients pass as `model`."""
+    """GET /openai/v1/models (and /v1/models): the deployments, which is what v1 clients pass as `model`."""
     data = [_deployment_model(name) for name in call.state.settings.deployments]
     return json_response({"object": "list", "data": data})
 
@@ -28,6 +28,8 @@ async def list_deployment_models(call: Call) -> web.StreamResponse:
 async def get_deployment_model(call: Call) -> web.StreamResponse:
     name = call.match("model")
     if name not in call.state.settings.deployments:
+        if call.surface is Surface.OPENAI:
+            raise model_not_found(name)
         raise not_found(f"The model '{name}' does not exist")
     return json_response(_deployment_model(name))
 

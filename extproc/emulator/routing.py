@@ -22,7 +22,7 @@ from . import (
 from .bodies import ParsedBody
 from .model_capabilities import Capability
 from .context import DEPLOYMENT_NAME, PARSED_BODY, Call, Handler, Surface, resolve_deployment
-from .errors import bad_request, missing_field, resource_not_found
+from .errors import bad_request, invalid_url, missing_field, missing_model, resource_not_found
 from .faults import FaultPlan
 from .protocol import expect_handler
 from .state import STATE, EmulatorState
@@ -113,22 +113,32 @@ def add_api_routes(app: web.Application) -> None:
     def add(method: str, path: str, handler: Handler) -> None:
         app.router.add_route(method, path, handler, expect_handler=expect_handler)
 
+    def add_v1(surface: Surface) -> None:
+        """The OpenAI-compatible operation set, deployment named by the body's `model`."""
+        for path, operation in DEPLOYMENT_OPERATIONS.items():
+            add("POST", surface.value + path, endpoint(operation, surface))
+        for method, path, operation in RESOURCE_OPERATIONS + V1_ONLY:
+            add(method, surface.value + path, endpoint(operation, surface))
+
+    if app[STATE].settings.openai_api:
+        add_v1(Surface.OPENAI)  # OpenAI has no Azure paths: they fall through to its 404
+        return
     for path, operation in DEPLOYMENT_OPERATIONS.items():
         add("POST", Surface.DEPLOYMENT.value + path, endpoint(operation, Surface.DEPLOYMENT))
-        add("POST", Surface.V1.value + path, endpoint(operation, Surface.V1))
     for method, path, operation in RESOURCE_OPERATIONS + RESOURCE_ONLY:
         add(method, Surface.RESOURCE.value + path, endpoint(operation, Surface.RESOURCE))
-    for method, path, operation in RESOURCE_OPERATIONS + V1_ONLY:
-        add(method, Surface.V1.value + path, endpoint(operation, Surface.V1))
+    add_v1(Surface.V1)
 
 
 def add_fallback_route(app: web.Application) -> None:
     """Every other method and path, added last: unknown requests then pass the middleware (journal,
-    auth, Azure's 404) and the JSON Expect check, instead of aiohttp's built-in 404/405/417."""
+    auth, Azure's 404 or OpenAI's) and the JSON Expect check, instead of aiohttp's built-in 404/405/417."""
     app.router.add_route("*", "/{path:.*}", _unknown_route, expect_handler=expect_handler)
 
 
-async def _unknown_route(_request: web.Request) -> web.StreamResponse:
+async def _unknown_route(request: web.Request) -> web.StreamResponse:
+    if request.app[STATE].settings.openai_api:
+        raise invalid_url(request.method, request.path)
     raise resource_not_found()
 
 
@@ -146,7 +156,8 @@ def endpoint(operation: Operation, surface: Surface) -> Handler:
             deployment = resolve_deployment(deployments, request.match_info["deployment"], capability)
         _check_body(body, operation.body)
         if capability is not None and surface is not Surface.DEPLOYMENT:
-            deployment = resolve_deployment(deployments, _model_from_body(body), capability)
+            openai = surface is Surface.OPENAI
+            deployment = resolve_deployment(deployments, _model_from_body(body, openai), capability, openai)
         if deployment is not None and (throttled := state.throttles.check(deployment.name, operation.name, api_version)):
             raise throttled
         faults = FaultPlan.from_headers(request.headers, state.settings.default_chunk_interval_s)
@@ -161,6 +172,8 @@ def endpoint(operation: Operation, surface: Surface) -> Handler:
 
 def _check_api_version(request: web.Request, operation: Operation, surface: Surface, state: EmulatorState) -> str:
     version = request.query.get("api-version")
+    if surface is Surface.OPENAI:
+        return "v1"  # OpenAI has no api-version; one a client sends anyway is ignored
     if surface is Surface.V1:
         # The v1 surface needs no version; whatever a client sends is ignored.
         return version if version in V1_API_VERSIONS else "v1"
@@ -179,10 +192,10 @@ def _check_body(body: ParsedBody, expected: Body) -> None:
         raise bad_request(body.form_error or "The request must be multipart/form-data with a valid body.")
 
 
-def _model_from_body(body: ParsedBody) -> str:
+def _model_from_body(body: ParsedBody, openai: bool) -> str:
     model = body.json.get("model") if isinstance(body.json, dict) else None
     if model is None and body.form is not None:
         model = body.form.value("model")
     if not isinstance(model, str) or not model:
-        raise missing_field("model")
+        raise missing_model() if openai else missing_field("model")
     return model

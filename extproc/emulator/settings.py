@@ -122,6 +122,9 @@ class EmulatorSettings:
     # (the newest item is always kept). Older ones are forgotten, as if deleted.
     store_max_items: int = 1_000
     store_max_bytes: int = 128 * MIB
+    # Serve OpenAI's own API instead of Azure's: `/v1/<op>` with the body's `model` naming a
+    # deployment, `Authorization: Bearer <api key>` only, OpenAI's error bodies; `/openai/...` is 404.
+    openai_api: bool = False
     # Parts read from one multipart body before it is refused with a 400 (aiohttp's own form limit).
     multipart_max_parts: int = 1_000
 
