@@ -260,6 +260,7 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
             "metadata": {"filter_metadata": metadata},
         })
     cluster["load_assignment"] = {
+        **model["load_assignment"],  # its policy (overprovisioning) as the template says
         "cluster_name": name,
         "endpoints": [{"priority": level, "lb_endpoints": by_level[level]} for level in sorted(by_level)],
     }

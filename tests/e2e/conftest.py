@@ -79,6 +79,29 @@ class Gateway:
     ca_file: Path
     log: Path
     process: subprocess.Popen[bytes]
+    state_dir: Path
+
+    def pool_health(self) -> dict[str, str]:
+        """Envoy's view of each pool member: {"pool-N/host:port": health flags}."""
+        with urllib.request.urlopen(self.admin_url + "/clusters", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        return {f"{cluster}/{host}": flags for cluster, host, key, flags in
+                (line.split("::", 3) for line in lines if line.startswith("pool-") and "::health_flags::" in line)}
+
+    def reset_breaker(self) -> None:
+        """Every member healthy again (`python -m extproc status --reset`), and Envoy told so."""
+        from extproc.breaker.status import fetch_status
+
+        fetch_status(self.state_dir / "run" / "breaker.sock", reset=True)
+        deadline = time.monotonic() + 5
+        while any(flags != "healthy" for flags in self.pool_health().values()):
+            assert time.monotonic() < deadline, self.pool_health()
+            time.sleep(0.05)
+
+    def breaker_status(self) -> dict:
+        from extproc.breaker.status import fetch_status
+
+        return fetch_status(self.state_dir / "run" / "breaker.sock")
 
 
 @pytest.fixture(scope="session")
@@ -164,6 +187,7 @@ def start_gateway(directory: Path, azure_url: str | None, ca_file: Path | None, 
         ca_file=directory / "state" / "tls" / "ca.crt",
         log=log,
         process=process,
+        state_dir=directory / "state",
     )
 
 

@@ -179,7 +179,8 @@ def undeciding_gateway(tmp_path: Path, azure: EmulatorThread, upstream_pki) -> I
         wait_until(lambda: _ready(admin), timeout=30)
         yield Gateway(http_url=f"http://127.0.0.1:{settings.listen.http_port}",
                       https_url=f"https://localhost:{settings.listen.https_port}", admin_url=admin,
-                      ca_file=settings.state_path / "tls" / "ca.crt", log=log, process=envoy)  # type: ignore[arg-type]
+                      ca_file=settings.state_path / "tls" / "ca.crt", log=log, process=envoy,  # type: ignore[arg-type]
+                      state_dir=settings.state_path)
     finally:
         envoy.terminate()
         envoy.wait(10)

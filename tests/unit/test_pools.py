@@ -152,7 +152,9 @@ def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path
         "hostname": "circuit-0", "address": {"pipe": {"path": str(tmp_path / "state" / "run" / "breaker.sock")}}}
     [health_check] = clusters["pool-0"]["health_checks"]
     assert health_check["transport_socket_match_criteria"] == {"plain": True}  # never TLS to the breaker
-    assert clusters["pool-0"]["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
+    assert clusters["pool-0"]["common_lb_config"] == {"healthy_panic_threshold": {"value": 0}, "update_merge_window": "0s"}
+    # Priority 2 gets nothing while a priority-1 member is in (Envoy's default factor spills at once).
+    assert clusters["pool-0"]["load_assignment"]["policy"] == {"overprovisioning_factor": 100000}
     # `same` shares no (backend, deployment) with gpt-4o: circuits 3 and 4.
     assert [e["metadata"]["filter_metadata"]["aoai"]["circuit"]
             for e in clusters["pool-1"]["load_assignment"]["endpoints"][0]["lb_endpoints"]] == ["3", "4"]

@@ -1,0 +1,235 @@
+"""The circuit breaker end to end: real Envoy (its health checks and gRPC access log), the breaker
+process, two ext_proc workers, the real openai SDK and plain-HTTP emulators as backends. Trips are
+second-scale (trip_seconds 2), so the waits stay short; every count is read from the emulators'
+journals, i.e. what reached "Azure"."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+
+from extproc.emulator import EmulatorSettings
+
+from .conftest import CLIENT_KEY, EmulatorThread, Gateway, start_gateway, stop_gateway
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+TRIP_S = 2.0
+KEYS = {"a": "key-a", "b": "key-b", "c": "key-c"}
+
+
+class HungBackend:
+    """Accepts connections and never answers: a member that sends no response headers."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            self.accepted.append(connection)
+
+    def close(self) -> None:
+        self._socket.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+@dataclass
+class Setup:
+    gateway: Gateway
+    emulators: dict[str, EmulatorThread]
+    hung: HungBackend
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Setup]:
+    emulators = {name: EmulatorThread(EmulatorSettings(api_keys=(key,), deployments={f"chat-{name}": "gpt-4o"}))
+                 for name, key in KEYS.items()}
+    hung = HungBackend()
+    backends = ", ".join(f"{name}: {{endpoint: '{emulators[name].url}', api_key: {key}}}" for name, key in KEYS.items())
+    gateway = start_gateway(
+        tmp_path_factory.mktemp("breaker"), azure.url, upstream_pki.ca_cert,
+        backends=f"{{{backends}, hung: {{endpoint: '{hung.url}', api_key: key-hung}}}}",
+        models=("{'duo': [{backend: a, deployment: chat-a}, {backend: b, deployment: chat-b}], "
+                "'tiered': [{backend: a, deployment: chat-a}, {backend: b, deployment: chat-b}, "
+                "{backend: c, deployment: chat-c, priority: 2}], "
+                "'solo': [{backend: c, deployment: chat-c}], "
+                "'slow': [{backend: hung, deployment: chat-hung}, {backend: c, deployment: chat-c, priority: 2}]}"),
+        circuit_breaker=f"{{failures: 3, interval_seconds: 60, trip_seconds: {TRIP_S:g}, max_trip_seconds: 30}}",
+        failover="{max_attempts: 3, try_timeout_seconds: 1}",
+        extproc="{workers: 2}",
+    )
+    yield Setup(gateway, emulators, hung)
+    stop_gateway(gateway)
+    for emulator in emulators.values():
+        emulator.stop()
+    hung.close()
+    output = gateway.log.read_text()
+    assert not any(key in output for key in KEYS.values()) and CLIENT_KEY not in output
+
+
+@pytest.fixture(autouse=True)
+def _fresh(setup: Setup) -> None:
+    for emulator in setup.emulators.values():
+        httpx.delete(emulator.url + "/_emulator/throttle")
+        emulator.emulator.clear_journal()
+    setup.gateway.reset_breaker()
+
+
+def _throttle(emulator: EmulatorThread, **rule: object) -> None:
+    assert httpx.post(emulator.url + "/_emulator/throttle", json=rule).status_code == 201
+
+
+def _client(setup: Setup) -> openai.OpenAI:
+    return openai.OpenAI(base_url=setup.gateway.http_url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+
+
+def _chat(client: openai.OpenAI, model: str) -> str:
+    answer = client.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
+    return answer.choices[0].message.content or ""
+
+
+def _count(setup: Setup, name: str) -> int:
+    return len(setup.emulators[name].requests())
+
+
+def _member(setup: Setup, model: str, backend: str) -> dict:
+    return next(m for m in setup.gateway.breaker_status()["pools"][model] if m["backend"] == backend)
+
+
+def _wait(check: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _envoy_sees(setup: Setup, emulator: str, healthy: bool) -> None:
+    """Envoy's health checks have caught up with the breaker (every 0.25 s) for that member."""
+    port = setup.emulators[emulator].url.rsplit(":", 1)[1]
+    _wait(lambda: all((flags == "healthy") == healthy
+                      for host, flags in setup.gateway.pool_health().items() if host.endswith(":" + port)),
+          f"Envoy to see {emulator} {'healthy' if healthy else 'tripped'}")
+
+
+def test_a_member_answering_429_trips_after_three_and_gets_nothing_until_the_trip_ends(setup: Setup) -> None:
+    _throttle(setup.emulators["a"], retry_after=1)  # shorter than trip_seconds: the trip is 2 s
+    with _client(setup) as client:
+        while _count(setup, "a") < 3:  # every request answered, through b when a throttles
+            assert _chat(client, "duo")
+        tripped = _member(setup, "duo", "a")
+        assert tripped["state"] == "tripped" and 1.0 < tripped["seconds_left"] <= TRIP_S
+        _envoy_sees(setup, "a", healthy=False)
+        before_a, before_b = _count(setup, "a"), _count(setup, "b")
+        for _ in range(20):
+            assert _chat(client, "duo")
+        assert _count(setup, "a") == before_a  # tripped: not even tried
+        assert _count(setup, "b") == before_b + 20  # no failover needed: one try each
+        httpx.delete(setup.emulators["a"].url + "/_emulator/throttle")
+        _wait(lambda: _member(setup, "duo", "a")["state"] != "tripped", "the trip to end", TRIP_S + 1)
+        _envoy_sees(setup, "a", healthy=True)
+        for _ in range(20):
+            assert _chat(client, "duo")
+    assert _count(setup, "a") > before_a  # back in
+    log = setup.gateway.log.read_text()
+    assert '"event": "circuit_tripped", "member": "a/chat-a", "status": 429' in log
+    assert '"event": "circuit_reopened", "member": "a/chat-a"' in log
+
+
+def test_a_retry_after_longer_than_the_trip_keeps_the_member_out_for_it(setup: Setup) -> None:
+    _throttle(setup.emulators["a"], retry_after=4)
+    with _client(setup) as client:
+        while _count(setup, "a") < 3:
+            assert _chat(client, "duo")
+        tripped = _member(setup, "duo", "a")
+        assert tripped["state"] == "tripped" and 3.0 < tripped["seconds_left"] <= 4.0
+        _envoy_sees(setup, "a", healthy=False)
+        before = _count(setup, "a")
+        time.sleep(TRIP_S + 0.5)  # past trip_seconds, within the Retry-After
+        for _ in range(10):
+            assert _chat(client, "duo")
+        assert _count(setup, "a") == before and _member(setup, "duo", "a")["state"] == "tripped"
+
+
+def test_priority_two_serves_only_while_every_priority_one_member_is_tripped(setup: Setup) -> None:
+    with _client(setup) as client:
+        for _ in range(10):
+            assert _chat(client, "tiered")
+        assert _count(setup, "c") == 0
+        _throttle(setup.emulators["a"], retry_after=1)
+        _throttle(setup.emulators["b"], retry_after=1)
+        for _ in range(3):  # each request: a and b answer 429, c answers
+            assert _chat(client, "tiered")
+        assert _count(setup, "c") == 3
+        for name in "ab":
+            assert _member(setup, "tiered", name)["state"] == "tripped"
+            _envoy_sees(setup, name, healthy=False)
+        tried_a, tried_b = _count(setup, "a"), _count(setup, "b")
+        for _ in range(10):
+            assert _chat(client, "tiered")
+        assert (_count(setup, "a"), _count(setup, "b"), _count(setup, "c")) == (tried_a, tried_b, 13)
+        for name in "ab":
+            httpx.delete(setup.emulators[name].url + "/_emulator/throttle")
+        _wait(lambda: all(_member(setup, "tiered", n)["state"] != "tripped" for n in "ab"), "the trips to end", TRIP_S + 1)
+        for name in "ab":
+            _envoy_sees(setup, name, healthy=True)
+        for _ in range(20):
+            assert _chat(client, "tiered")
+    assert _count(setup, "c") == 13  # priority 2 gets nothing once priority 1 is back
+
+
+def test_when_every_member_is_tripped_the_gateway_answers_429_itself_from_every_worker(setup: Setup) -> None:
+    """A pool of one member behaves as a model on one deployment, except that its 429s trip it."""
+    _throttle(setup.emulators["c"], retry_after=1)
+    with _client(setup) as client:
+        for _ in range(3):
+            with pytest.raises(openai.RateLimitError) as raised:
+                _chat(client, "solo")
+            assert raised.value.response.headers["retry-after"] == "1"  # Azure's own 429, passed on
+    assert _count(setup, "c") == 3
+    workers_before = _worker_requests(setup.gateway)
+    for _ in range(20):  # a connection each: Envoy spreads the streams over both workers
+        with httpx.Client(base_url=setup.gateway.http_url) as http:
+            response = http.post("/v1/chat/completions", json={"model": "solo", "messages": MESSAGES},
+                                 headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(response.headers["retry-after"]) <= TRIP_S + 1
+        assert 0 < int(response.headers["retry-after-ms"]) <= (TRIP_S + 1) * 1000
+    assert _count(setup, "c") == 3  # nothing more reached the emulator
+    served = [after - before for before, after in zip(workers_before, _worker_requests(setup.gateway))]
+    assert len(served) == 2 and all(n > 0 for n in served), served  # both workers answered from one state
+
+
+def _worker_requests(gateway: Gateway) -> list[int]:
+    with httpx.Client() as http:
+        lines = http.get(gateway.admin_url + "/clusters").text.splitlines()
+    return [int(line.rsplit("::", 1)[1]) for line in sorted(lines) if line.startswith("extproc::") and "::rq_total::" in line]
+
+
+def test_a_hung_member_fails_over_after_the_try_timeout_and_trips(setup: Setup) -> None:
+    with _client(setup) as client:
+        for _ in range(3):
+            started = time.monotonic()
+            assert _chat(client, "slow")  # from c, after the hung member's 1 s try timeout
+            assert 0.9 < time.monotonic() - started < 3
+        hung = next(m for m in setup.gateway.breaker_status()["pools"]["slow"] if m["backend"] == "hung")
+        assert hung["state"] == "tripped"
+        _wait(lambda: sum(flags != "healthy" for flags in setup.gateway.pool_health().values()) >= 1, "Envoy")
+        started = time.monotonic()
+        assert _chat(client, "slow")
+        assert time.monotonic() - started < 0.5  # straight to c
+    assert _count(setup, "c") == 4
