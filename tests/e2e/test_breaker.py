@@ -117,6 +117,12 @@ def _wait(check: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def _tripped(setup: Setup, model: str, backend: str) -> dict:
+    """The member's state once the breaker has it tripped (Envoy logs a try after the client's answer)."""
+    _wait(lambda: _member(setup, model, backend)["state"] == "tripped", f"{backend} to trip")
+    return _member(setup, model, backend)
+
+
 def _envoy_sees(setup: Setup, emulator: str, healthy: bool) -> None:
     """Envoy's health checks have caught up with the breaker (every 0.25 s) for that member."""
     port = setup.emulators[emulator].url.rsplit(":", 1)[1]
@@ -130,8 +136,8 @@ def test_a_member_answering_429_trips_after_three_and_gets_nothing_until_the_tri
     with _client(setup) as client:
         while _count(setup, "a") < 3:  # every request answered, through b when a throttles
             assert _chat(client, "duo")
-        tripped = _member(setup, "duo", "a")
-        assert tripped["state"] == "tripped" and 1.0 < tripped["seconds_left"] <= TRIP_S
+        tripped = _tripped(setup, "duo", "a")
+        assert 1.0 < tripped["seconds_left"] <= TRIP_S
         _envoy_sees(setup, "a", healthy=False)
         before_a, before_b = _count(setup, "a"), _count(setup, "b")
         for _ in range(20):
@@ -154,8 +160,8 @@ def test_a_retry_after_longer_than_the_trip_keeps_the_member_out_for_it(setup: S
     with _client(setup) as client:
         while _count(setup, "a") < 3:
             assert _chat(client, "duo")
-        tripped = _member(setup, "duo", "a")
-        assert tripped["state"] == "tripped" and 3.0 < tripped["seconds_left"] <= 4.0
+        tripped = _tripped(setup, "duo", "a")
+        assert 3.0 < tripped["seconds_left"] <= 4.0
         _envoy_sees(setup, "a", healthy=False)
         before = _count(setup, "a")
         time.sleep(TRIP_S + 0.5)  # past trip_seconds, within the Retry-After
@@ -175,7 +181,7 @@ def test_priority_two_serves_only_while_every_priority_one_member_is_tripped(set
             assert _chat(client, "tiered")
         assert _count(setup, "c") == 3
         for name in "ab":
-            assert _member(setup, "tiered", name)["state"] == "tripped"
+            _tripped(setup, "tiered", name)
             _envoy_sees(setup, name, healthy=False)
         tried_a, tried_b = _count(setup, "a"), _count(setup, "b")
         for _ in range(10):
@@ -200,6 +206,7 @@ def test_when_every_member_is_tripped_the_gateway_answers_429_itself_from_every_
                 _chat(client, "solo")
             assert raised.value.response.headers["retry-after"] == "1"  # Azure's own 429, passed on
     assert _count(setup, "c") == 3
+    _tripped(setup, "solo", "c")
     workers_before = _worker_requests(setup.gateway)
     for _ in range(20):  # a connection each: Envoy spreads the streams over both workers
         with httpx.Client(base_url=setup.gateway.http_url) as http:
@@ -226,9 +233,10 @@ def test_a_hung_member_fails_over_after_the_try_timeout_and_trips(setup: Setup) 
             started = time.monotonic()
             assert _chat(client, "slow")  # from c, after the hung member's 1 s try timeout
             assert 0.9 < time.monotonic() - started < 3
-        hung = next(m for m in setup.gateway.breaker_status()["pools"]["slow"] if m["backend"] == "hung")
-        assert hung["state"] == "tripped"
-        _wait(lambda: sum(flags != "healthy" for flags in setup.gateway.pool_health().values()) >= 1, "Envoy")
+        _tripped(setup, "slow", "hung")
+        port = setup.hung.url.rsplit(":", 1)[1]
+        _wait(lambda: all(flags != "healthy" for host, flags in setup.gateway.pool_health().items()
+                          if host.endswith(":" + port)), "Envoy to see the hung member tripped")
         started = time.monotonic()
         assert _chat(client, "slow")
         assert time.monotonic() - started < 0.5  # straight to c
