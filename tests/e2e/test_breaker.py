@@ -22,6 +22,7 @@ from .conftest import CLIENT_KEY, EmulatorThread, Gateway, start_gateway, stop_g
 MESSAGES = [{"role": "user", "content": "Hello"}]
 TRIP_S = 2.0
 KEYS = {"a": "key-a", "b": "key-b", "c": "key-c"}
+OPENAI_KEY = "sk-openai-backend-key"
 
 
 class HungBackend:
@@ -58,8 +59,12 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Setup]:
     emulators = {name: EmulatorThread(EmulatorSettings(api_keys=(key,), deployments={f"chat-{name}": "gpt-4o"}))
                  for name, key in KEYS.items()}
+    # OpenAI itself, played by the emulator in its OpenAI-API mode (its deployments are model names).
+    emulators["oai"] = EmulatorThread(EmulatorSettings(openai_api=True, api_keys=(OPENAI_KEY,),
+                                                       deployments={"gpt-4o-2024-08-06": "gpt-4o"}))
     hung = HungBackend()
     backends = ", ".join(f"{name}: {{endpoint: '{emulators[name].url}', api_key: {key}}}" for name, key in KEYS.items())
+    backends += f", oai: {{type: openai, endpoint: '{emulators['oai'].url}', api_key_env: OPENAI_KEY_VAR}}"
     gateway = start_gateway(
         tmp_path_factory.mktemp("breaker"), azure.url, upstream_pki.ca_cert,
         backends=f"{{{backends}, hung: {{endpoint: '{hung.url}', api_key: key-hung}}}}",
@@ -67,10 +72,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstr
                 "'tiered': [{backend: a, deployment: chat-a}, {backend: b, deployment: chat-b}, "
                 "{backend: c, deployment: chat-c, priority: 2}], "
                 "'solo': [{backend: c, deployment: chat-c}], "
+                "'mixed': [{backend: a, deployment: chat-a}, {backend: oai, deployment: gpt-4o-2024-08-06, priority: 2}], "
                 "'slow': [{backend: hung, deployment: chat-hung}, {backend: c, deployment: chat-c, priority: 2}]}"),
         circuit_breaker=f"{{failures: 3, interval_seconds: 60, trip_seconds: {TRIP_S:g}, max_trip_seconds: 30}}",
         failover="{max_attempts: 3, try_timeout_seconds: 1}",
         extproc="{workers: 2}",
+        env={"OPENAI_KEY_VAR": OPENAI_KEY},
     )
     yield Setup(gateway, emulators, hung)
     stop_gateway(gateway)
@@ -78,7 +85,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstr
         emulator.stop()
     hung.close()
     output = gateway.log.read_text()
-    assert not any(key in output for key in KEYS.values()) and CLIENT_KEY not in output
+    assert not any(key in output for key in (*KEYS.values(), OPENAI_KEY)) and CLIENT_KEY not in output
 
 
 @pytest.fixture(autouse=True)
@@ -241,3 +248,21 @@ def test_a_hung_member_fails_over_after_the_try_timeout_and_trips(setup: Setup) 
         assert _chat(client, "slow")
         assert time.monotonic() - started < 0.5  # straight to c
     assert _count(setup, "c") == 4
+
+
+def test_a_stream_fails_over_to_an_openai_backend_with_openais_path_key_and_model(setup: Setup) -> None:
+    _throttle(setup.emulators["a"], status=503)
+    with _client(setup) as client:
+        stream = client.chat.completions.create(model="mixed", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text
+    [azure] = setup.emulators["a"].requests()
+    assert azure.path == "/openai/deployments/chat-a/chat/completions" and azure.headers["api-key"] == KEYS["a"]
+    assert azure.query["api-version"] and "authorization" not in azure.headers
+    [openai_try] = setup.emulators["oai"].requests()
+    assert openai_try.path == "/v1/chat/completions" and openai_try.query == {}  # no api-version for OpenAI
+    assert openai_try.headers["authorization"] == f"Bearer {OPENAI_KEY}" and "api-key" not in openai_try.headers
+    assert openai_try.json["model"] == "gpt-4o-2024-08-06" and openai_try.json["stream"] is True
+    assert openai_try.headers["host"] == "127.0.0.1"  # the member's name (Envoy sends no port)
+    for recorded in (azure, openai_try):
+        assert CLIENT_KEY not in str(recorded.headers)
