@@ -101,6 +101,8 @@ def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrenc
         "azure": {"endpoint": upstream_url, "api_key": SERVER_API_KEY},
         **({"backends": backends} if backends else {}),
         "models": models,
+        # "t" measures a failover on every request: the breaker must not take the 429ing member out.
+        **({"circuit_breaker": {"failures": 1000, "interval_seconds": 0.001}} if pool == "t" else {}),
         "listen": {"address": "127.0.0.1", "http_port": free_port(), "https_port": None},
         "envoy": {"admin_port": free_port(), "concurrency": concurrency},
         "extproc": {"workers": workers, "socket_dir": str(directory / "run")},
@@ -145,7 +147,8 @@ def start_plain(processes: Processes, upstream_url: str, concurrency: int) -> Ta
 # (b) variants: the project's ext_proc as configured; the same on grpcio's asyncio server; and the
 # floor, bench/floor_extproc.py (constant answers), which shows Envoy's own share of (b)'s cost.
 # With --pool: "p", the model served by a pool of two healthy members (both the fake upstream), and
-# "t", a pool whose first-priority member always answers 429 (every request fails over once).
+# "t", a pool whose first-priority member always answers 429 (every request fails over once: the
+# breaker is set never to trip, else after three 429s no request would try that member).
 VARIANTS = {"b": "ext_proc", "g": "ext_proc on grpcio", "f": "floor server", "p": "pool of 2",
             "t": "pool, first member 429"}
 
@@ -159,6 +162,8 @@ def start_gateway(processes: Processes, upstream_url: str, workers: int, concurr
     settings = load_settings(path, env={})
     env = _clean_env()
     sockets = settings.socket_paths()
+    if settings.pools:  # the breaker answers Envoy's health checks of the members
+        sockets += [settings.breaker_paths.http, settings.breaker_paths.access_log]
     if variant == "f":
         argv = [sys.executable, "-m", "bench.floor_extproc", *(f"--socket={p}" for p in sockets)]
     else:
