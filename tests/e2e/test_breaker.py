@@ -77,6 +77,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstr
         circuit_breaker=f"{{failures: 3, interval_seconds: 60, trip_seconds: {TRIP_S:g}, max_trip_seconds: 30}}",
         failover="{max_attempts: 3, try_timeout_seconds: 1}",
         extproc="{workers: 2}",
+        default_model="duo",
         env={"OPENAI_KEY_VAR": OPENAI_KEY},
     )
     yield Setup(gateway, emulators, hung)
@@ -266,3 +267,23 @@ def test_a_stream_fails_over_to_an_openai_backend_with_openais_path_key_and_mode
     assert openai_try.headers["host"] == "127.0.0.1"  # the member's name (Envoy sends no port)
     for recorded in (azure, openai_try):
         assert CLIENT_KEY not in str(recorded.headers)
+
+
+def test_an_error_that_is_not_a_failure_status_reaches_the_client_and_does_not_count(setup: Setup) -> None:
+    _throttle(setup.emulators["a"], status=400)
+    _throttle(setup.emulators["b"], status=400)
+    with _client(setup) as client:
+        for _ in range(5):
+            with pytest.raises(openai.BadRequestError):
+                _chat(client, "duo")
+    assert _count(setup, "a") + _count(setup, "b") == 5  # one try each: a 400 is not failed over
+    assert all(m["state"] == "healthy" for m in setup.gateway.breaker_status()["pools"]["duo"])
+
+
+def test_a_request_naming_no_model_is_served_by_default_model(setup: Setup) -> None:
+    with httpx.Client(base_url=setup.gateway.http_url) as http:
+        response = http.post("/v1/chat/completions", json={"messages": MESSAGES},
+                             headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    assert response.status_code == 200, response.text
+    [recorded] = setup.emulators["a"].requests() + setup.emulators["b"].requests()  # `duo`'s members
+    assert "model" not in recorded.json  # the deployment is in the path; the body goes on as sent
