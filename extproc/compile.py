@@ -41,7 +41,7 @@ def _model_targets(settings: Settings, backends: dict[str, Backend]) -> dict[str
     for index, (model, members) in enumerate(settings.pools.items()):
         targets[model] = Pool(pool_cluster_name(index), tuple(
             PoolMember(str(i), backends[m.backend], m.deployment, circuits[(m.backend, m.deployment)])
-            for i, m in enumerate(members)))
+            for i, m in enumerate(members)), settings.failover.max_attempts)
     return targets
 
 

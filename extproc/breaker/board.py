@@ -24,12 +24,15 @@ REOPEN_MARGIN_S = 0.5
 
 def create(path: Path, count: int) -> None:
     """Make the board for `count` circuits, every one closed (the supervisor, before any reader or
-    writer starts); an existing file is reset in place, so readers that mapped it keep reading it."""
+    writer starts); an existing file is zeroed in place (never shortened: a reader that mapped it
+    would fault on the missing pages), so readers that mapped it keep reading it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    size = max(1, count) * SLOT
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
     try:
-        os.ftruncate(fd, 0)
-        os.ftruncate(fd, max(1, count) * SLOT)
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
     finally:
         os.close(fd)
 
@@ -52,9 +55,13 @@ class BoardWriter:
         for circuit in range(self._count):
             self._slots[circuit] = 0.0
 
+    def deadlines(self) -> list[float]:
+        """What the file holds: a restarted breaker takes its predecessor's trips back."""
+        return [self._slots[circuit] for circuit in range(self._count)]
+
 
 class BoardReader:
-    """A worker's side: `wait_seconds` for a pool's circuits."""
+    """A worker's side: `availability` of a pool's circuits."""
 
     def __init__(self, path: Path, count: int) -> None:
         self._slots: memoryview | None = None
@@ -67,11 +74,12 @@ class BoardReader:
         if self._slots is None and count:
             log.error("the circuit breaker's trips file %s is missing or short: only Envoy's view applies", path)
 
-    def wait_seconds(self, circuits: tuple[int, ...]) -> float:
-        """0.0 when a member of the pool may be tried; else how long until the first one may."""
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, float]:
+        """(how many of the pool's members may be tried, and when none may: seconds until the first may)."""
         slots = self._slots
         if slots is None:
-            return 0.0
-        earliest = min(slots[circuit] for circuit in circuits) + REOPEN_MARGIN_S
-        wait = earliest - time.time()
-        return wait if wait > 0 else 0.0
+            return len(circuits), 0.0
+        closed_before = time.time() - REOPEN_MARGIN_S
+        deadlines = [slots[circuit] for circuit in circuits]
+        open_members = sum(deadline <= closed_before for deadline in deadlines)
+        return open_members, 0.0 if open_members else min(deadlines) - closed_before

@@ -64,7 +64,7 @@ def retry_after_seconds(outcome: Outcome, now: float) -> float | None:
     text = outcome.retry_after.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
@@ -131,6 +131,11 @@ class Breaker:
         if asked is not None and asked > policy.trip_s:
             return min(asked, policy.max_trip_s), f"for the answer's Retry-After ({asked:g}s)"
         return policy.trip_s, f"for trip_seconds ({policy.trip_s:g}s)"
+
+    def restore(self, circuit: int, until: float) -> None:
+        """Take back a trip a previous breaker process published (it died; the file kept it)."""
+        if 0 <= circuit < len(self._circuits) and until > self._circuits[circuit].until:
+            self._circuits[circuit].until = until
 
     def until(self, circuit: int) -> float:
         return self._circuits[circuit].until

@@ -12,6 +12,7 @@ One HTTP server on a Unix socket answers
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from .circuits import Breaker, BreakerPolicy, Outcome, State, Trip
 log = logging.getLogger(__name__)
 CIRCUIT_TAG = "circuit"  # the access log's custom tag: the member endpoint's metadata aoai.circuit
 EXTENSION_LOGGED_S = 1.0
+SEEN_TRIES = 4096  # (request, circuit) pairs remembered, so that one request counts once per member
 HEALTH_HOST_PREFIX = "circuit-"  # the Host of a member's health check (its endpoint's health_check_config)
 
 
@@ -67,10 +69,30 @@ class BreakerService:
         self._board = board
         self._reopen: dict[int, asyncio.TimerHandle] = {}
         self._board_until: dict[int, float] = {}
+        self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        for circuit, until in enumerate(board.deadlines()):  # a restarted breaker keeps the trips
+            self.breaker.restore(circuit, until)
+            self._board_until[circuit] = until
+
+    def start(self) -> None:
+        """Log the reopening of trips taken back from the board (needs the running loop)."""
+        now = time.time()
+        for circuit, until in self._board_until.items():
+            if until > now:
+                self._reopen[circuit] = asyncio.get_running_loop().call_later(until - now, self._reopened, circuit, until)
 
     # --- in: Envoy's access log -----------------------------------------------------------------
 
-    def record(self, circuit: int, outcome: Outcome, now: float) -> None:
+    def record(self, circuit: int, outcome: Outcome, now: float, request_id: str = "") -> None:
+        if request_id:
+            # A member tried twice in one request (a name with several addresses, or Envoy's retry
+            # picking it again) is one failure: the breaker counts requests, as APIM does.
+            key = (request_id, circuit)
+            if key in self._seen:
+                return
+            self._seen[key] = None
+            if len(self._seen) > SEEN_TRIES:
+                self._seen.popitem(last=False)
         trip = self.breaker.record(circuit, outcome, now)
         if trip is not None:
             self._publish(trip, now)
@@ -99,7 +121,7 @@ class BreakerService:
     def healthy(self, host: str, now: float) -> bool | None:
         """Member health by its health check's Host; None for a host that names no member."""
         number = host.removeprefix(HEALTH_HOST_PREFIX).partition(":")[0]
-        if not host.startswith(HEALTH_HOST_PREFIX) or not number.isdigit() or int(number) >= len(self.breaker):
+        if not host.startswith(HEALTH_HOST_PREFIX) or not _is_number(number) or int(number) >= len(self.breaker):
             return None
         return self.breaker.state(int(number), now) is not State.TRIPPED
 
@@ -144,11 +166,18 @@ class AccessLog(als_pb2_grpc.AccessLogServiceServicer):
         async for message in request_iterator:
             now = time.time()
             for entry in message.http_logs.log_entry:
-                tag = entry.common_properties.custom_tags.get(CIRCUIT_TAG, "")
-                outcome = outcome_of(entry)
-                if tag.isdigit() and outcome is not None:
-                    self._service.record(int(tag), outcome, now)
+                try:
+                    tag = entry.common_properties.custom_tags.get(CIRCUIT_TAG, "")
+                    outcome = outcome_of(entry)
+                    if _is_number(tag) and outcome is not None:
+                        self._service.record(int(tag), outcome, now, entry.request.request_id)
+                except Exception:  # one odd entry (an upstream's header) must not drop the batch
+                    log.exception("a failed try's log entry could not be counted")
         return als_pb2.StreamAccessLogsResponse()
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def _http_app(service: BreakerService) -> web.Application:
@@ -176,6 +205,7 @@ async def serve_breaker(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT (its sockets' paths must be free: runtime.breaker_process)."""
     paths = settings.breaker_paths
     service = BreakerService(settings, BoardWriter(paths.trips, len(settings.circuits)))
+    service.start()
     server = grpc.aio.server()
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLog(service), server)
     server.add_insecure_port(f"unix:{paths.access_log}")

@@ -314,6 +314,10 @@ class Settings(_Strict):
                                  "body, whose model can be only one of them")
         if self.default_model is not None and not self.default_model.strip():
             raise ValueError("default_model: must not be empty")
+        if (self.default_model is not None and self.unmapped_models is UnmappedModelPolicy.REJECT
+                and self.default_model not in self.models):
+            raise ValueError(f"default_model: {self.default_model!r} is not in `models`, and unmapped_models is "
+                             "reject: every request naming no model would be refused")
         return self
 
     @property

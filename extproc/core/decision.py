@@ -41,6 +41,9 @@ class Forward(NamedTuple):
     cluster: str
     body: bytes | None = None  # None: the client's body goes on untouched (never echoed)
     tries: tuple[Try, ...] = ()
+    # To a pool with tripped members: retries for this request (Envoy's x-envoy-max-retries), so that no
+    # member still in is tried twice; None: the route's own (every member in).
+    max_retries: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

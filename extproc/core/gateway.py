@@ -27,14 +27,14 @@ class Limits:
 class TripBoard(Protocol):
     """The circuit breaker's trips as a worker sees them (extproc/breaker/board.py reads the clock)."""
 
-    def wait_seconds(self, circuits: tuple[int, ...]) -> float:
-        """0.0 when one of these circuits may be tried; else how long until the first one may."""
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, float]:
+        """(how many of these circuits may be tried, and when none may: seconds until the first may)."""
         ...
 
 
 class NoTrips:
-    def wait_seconds(self, circuits: tuple[int, ...]) -> float:
-        return 0.0
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, float]:
+        return len(circuits), 0.0
 
 
 @dataclass(frozen=True)

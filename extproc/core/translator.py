@@ -119,8 +119,6 @@ class Translator:
                  model: str, pool: Pool) -> BodyDecision:
         """Every member's path and credential: Envoy picks the member and fails over between them;
         when the circuit breaker has tripped every member, the 429 that says when to come back."""
-        if (wait := self._trips.wait_seconds(pool.circuits)) > 0:
-            return errors.pool_tripped(model, wait)
         tries = []
         in_body = set()  # the deployments members read from the body (Azure's v1 and responses, OpenAI)
         for member in pool.members:
@@ -135,6 +133,12 @@ class Translator:
             tries.append(Try(member.id, path, credential))
             if member_route.model_in_body:
                 in_body.add(member.deployment)
+        # After the credentials: a client without one gets its 401, not news of the pool's state.
+        open_members, wait = self._trips.availability(pool.circuits)
+        if not open_members:
+            return errors.pool_tripped(model, wait)
+        # Envoy skips tripped members, and would try a member still in twice rather than try fewer times.
+        max_retries = min(open_members, pool.max_attempts) - 1 if open_members < len(pool.members) else None
         new_body = None
         if in_body:
             # Envoy resends the same body on every try: one name must do for every member reading it.
@@ -145,7 +149,7 @@ class Translator:
                 new_body = _with_model(body, found, deployment)
                 if isinstance(new_body, Reply):
                     return new_body
-        return Forward(tries[0].path, (), pool.cluster, new_body, tuple(tries))
+        return Forward(tries[0].path, (), pool.cluster, new_body, tuple(tries), max_retries)
 
     # --- endpoints decided from the headers -----------------------------------------------------
 

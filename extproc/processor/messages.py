@@ -88,6 +88,8 @@ def _common_response(forward: Forward) -> pb.CommonResponse:
     set_headers = [_header(":path", forward.path)]
     set_headers += [_header(name, value) for name, value in forward.credential]
     set_headers.append(_header(ROUTE_HEADER, forward.cluster))
+    if forward.max_retries is not None:  # read by Envoy's router; the pool's upstream Lua removes it
+        set_headers.append(_header("x-envoy-max-retries", str(forward.max_retries)))
     removed = [name for name in CLIENT_CREDENTIAL_HEADERS if name not in credential_names]
     common = pb.CommonResponse(
         header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=removed),

@@ -50,6 +50,7 @@ class Pool:
 
     cluster: str
     members: tuple[PoolMember, ...]
+    max_attempts: int = 3  # failover.max_attempts
 
     @property
     def circuits(self) -> tuple[int, ...]:

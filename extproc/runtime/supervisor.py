@@ -182,12 +182,21 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
 
 
 def check_health(settings: Settings, timeout_s: float = 2.0) -> int:
-    """Probe every worker's gRPC health service (Docker healthcheck, Kubernetes exec probe)."""
+    """Probe every worker's gRPC health service, and the breaker's status with pools (Docker
+    healthcheck, Kubernetes exec probe): a breaker that does not answer takes every pool out."""
     status = 0
     for path in settings.socket_paths():
         serving = is_serving(path, timeout_s)
         if isinstance(serving, str):
             print(f"{path}: {serving}")
         if serving is not True:
+            status = 1
+    if settings.pools:
+        from ..breaker.status import fetch_status
+
+        try:
+            fetch_status(settings.breaker_paths.http, timeout=timeout_s)
+        except (OSError, ValueError) as exc:
+            print(f"{settings.breaker_paths.http}: the circuit breaker does not answer ({exc})")
             status = 1
     return status

@@ -277,6 +277,7 @@ def test_an_error_that_is_not_a_failure_status_reaches_the_client_and_does_not_c
             with pytest.raises(openai.BadRequestError):
                 _chat(client, "duo")
     assert _count(setup, "a") + _count(setup, "b") == 5  # one try each: a 400 is not failed over
+    time.sleep(0.2)  # Envoy reports failed tries within 10 ms: long enough to have been counted
     assert all(m["state"] == "healthy" for m in setup.gateway.breaker_status()["pools"]["duo"])
 
 
@@ -287,3 +288,19 @@ def test_a_request_naming_no_model_is_served_by_default_model(setup: Setup) -> N
     assert response.status_code == 200, response.text
     [recorded] = setup.emulators["a"].requests() + setup.emulators["b"].requests()  # `duo`'s members
     assert "model" not in recorded.json  # the deployment is in the path; the body goes on as sent
+
+
+def test_with_a_member_tripped_the_one_left_is_tried_once_per_request(setup: Setup) -> None:
+    """Envoy skips the tripped member; left alone, its retry would pick the other member again."""
+    _throttle(setup.emulators["a"], retry_after=10)
+    with _client(setup) as client:
+        while _count(setup, "a") < 3:
+            assert _chat(client, "duo")
+        _tripped(setup, "duo", "a")
+        _envoy_sees(setup, "a", healthy=False)
+        _throttle(setup.emulators["b"], retry_after=1)
+        before = _count(setup, "b")
+        with pytest.raises(openai.RateLimitError):
+            _chat(client, "duo")
+    assert _count(setup, "b") == before + 1  # once, not once per retry
+    assert "x-envoy-max-retries" not in setup.emulators["b"].last().headers

@@ -18,7 +18,7 @@ from extproc.breaker.circuits import Breaker, BreakerPolicy, Outcome, State, ret
 from extproc.compile import compile_gateway
 from extproc.core.decision import AwaitBody, Forward, Reply, RequestHead
 from extproc.core.translator import Translator
-from extproc.processor.messages import reply_response
+from extproc.processor.messages import body_forward_response, reply_response
 
 from .test_pools import settings as pool_settings
 
@@ -121,33 +121,40 @@ def test_the_board_carries_trips_from_the_breaker_to_every_reader(tmp_path: Path
     board.create(path, 3)
     readers = [board.BoardReader(path, 3) for _ in range(2)]  # two workers
     writer = board.BoardWriter(path, 3)
-    assert all(r.wait_seconds((0, 1)) == 0.0 for r in readers)
+    assert all(r.availability((0, 1)) == (2, 0.0) for r in readers)
     writer.publish(0, time.time() + 30)
-    assert all(r.wait_seconds((0, 1)) == 0.0 for r in readers)  # member 1 is still in
+    assert all(r.availability((0, 1)) == (1, 0.0) for r in readers)  # member 1 is still in
     writer.publish(1, time.time() + 10)
     for reader in readers:
-        assert 10 <= reader.wait_seconds((0, 1)) <= 10 + board.REOPEN_MARGIN_S  # the first back
-    board.create(path, 3)  # a restarted supervisor resets the file in place: mapped readers see it
-    assert all(r.wait_seconds((0, 1)) == 0.0 for r in readers)
+        open_members, wait = reader.availability((0, 1))
+        assert open_members == 0 and 10 <= wait <= 10 + board.REOPEN_MARGIN_S  # the first back
+    # A restarted breaker process takes the trips back from the file.
+    assert board.BoardWriter(path, 3).deadlines()[:2] == writer.deadlines()[:2]
+    board.create(path, 3)  # a restarted supervisor zeroes the file in place: mapped readers see it
+    assert all(r.availability((0, 1)) == (2, 0.0) for r in readers)
 
 
 def test_a_missing_board_leaves_the_decision_to_envoy(tmp_path: Path) -> None:
-    assert board.BoardReader(tmp_path / "absent", 2).wait_seconds((0, 1)) == 0.0
+    assert board.BoardReader(tmp_path / "absent", 2).availability((0, 1)) == (2, 0.0)
 
 
 class FakeTrips:
-    def __init__(self, wait: float) -> None:
+    def __init__(self, wait: float, open_members: int | None = None) -> None:
         self.wait = wait
+        self.open_members = open_members
         self.asked: list[tuple[int, ...]] = []
 
-    def wait_seconds(self, circuits: tuple[int, ...]) -> float:
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, float]:
         self.asked.append(circuits)
-        return self.wait
+        if self.open_members is not None:
+            return self.open_members, 0.0
+        return (0, self.wait) if self.wait else (len(circuits), 0.0)
 
 
-def _decide(tmp_path: Path, trips: FakeTrips, model: str = "gpt-4o") -> Forward | Reply:
+def _decide(tmp_path: Path, trips: FakeTrips, model: str = "gpt-4o", **head: str) -> Forward | Reply:
     translator = Translator(compile_gateway(pool_settings(tmp_path), trips=trips))
-    decision = translator.on_headers(RequestHead("POST", "/v1/chat/completions", "application/json", has_body=True))
+    decision = translator.on_headers(RequestHead("POST", "/v1/chat/completions", "application/json", has_body=True,
+                                                 **head))
     assert isinstance(decision, AwaitBody)
     return decision.finish(orjson.dumps({"model": model, "messages": []}))
 
@@ -169,9 +176,89 @@ def test_a_pool_whose_members_are_all_tripped_is_answered_429_with_retry_after(t
 def test_a_pool_with_a_member_in_is_forwarded(tmp_path: Path) -> None:
     forward = _decide(tmp_path, FakeTrips(0.0))
     assert isinstance(forward, Forward) and forward.cluster == "pool-0"
+    assert forward.max_retries is None  # every member in: the route's own retries
+
+
+@pytest.mark.parametrize(("open_members", "retries"), [(1, 0), (2, 1)])
+def test_with_members_tripped_envoy_retries_only_as_often_as_members_are_left(
+        tmp_path: Path, open_members: int, retries: int) -> None:
+    """Envoy skips tripped members but would try a member still in twice rather than try fewer times."""
+    forward = _decide(tmp_path, FakeTrips(0.0, open_members))
+    assert isinstance(forward, Forward) and forward.max_retries == retries
+    mutation = body_forward_response(forward).request_body.response.header_mutation
+    assert ("x-envoy-max-retries", str(retries).encode()) in {(h.header.key, h.header.raw_value)
+                                                               for h in mutation.set_headers}
+
+
+def test_a_client_without_a_credential_gets_its_401_not_the_pools_state(tmp_path: Path) -> None:
+    config = pool_settings(tmp_path, "azure: {endpoint: https://main.openai.azure.com}\n"
+                            "backends: {east: {endpoint: https://east.openai.azure.com}}\n"
+                            "models: {m: [{backend: east, deployment: d}]}\nstate_dir: {state}\n", env={})
+    translator = Translator(compile_gateway(config, trips=FakeTrips(30.0)))
+    decision = translator.on_headers(RequestHead("POST", "/v1/chat/completions", "application/json", has_body=True))
+    assert isinstance(decision, Reply) and decision.status == 401
 
 
 def test_a_model_outside_pools_never_asks_the_breaker(tmp_path: Path) -> None:
     trips = FakeTrips(math.inf)
     forward = _decide(tmp_path, trips, "text-embedding-3-small")
     assert isinstance(forward, Forward) and trips.asked == []
+
+
+def _entry(status: int, **flags: bool):
+    from envoy.data.accesslog.v3 import accesslog_pb2
+
+    entry = accesslog_pb2.HTTPAccessLogEntry()
+    if status:
+        entry.response.response_code.value = status
+        entry.response.response_headers["retry-after"] = "7"
+    for name, value in flags.items():
+        setattr(entry.common_properties.response_flags, name, value)
+    return entry
+
+
+def test_what_the_breaker_counts_from_envoys_access_log() -> None:
+    from extproc.breaker.service import outcome_of
+
+    assert outcome_of(_entry(429)) == Outcome(429, "7", "")
+    assert outcome_of(_entry(0, upstream_connection_failure=True)) == Outcome(0)
+    assert outcome_of(_entry(0, upstream_request_timeout=True)) == Outcome(0)  # the try timeout
+    assert outcome_of(_entry(0, downstream_connection_termination=True)) is None  # the client left: not the member
+
+
+def test_the_breaker_service_counts_a_request_once_per_member_and_answers_health_by_host(tmp_path: Path) -> None:
+    import asyncio
+
+    from extproc.breaker.service import BreakerService
+
+    config = pool_settings(tmp_path)
+    path = tmp_path / "trips"
+    board.create(path, len(config.circuits))
+
+    async def scenario() -> None:
+        service = BreakerService(config, board.BoardWriter(path, len(config.circuits)))
+        now = time.time()
+        for _ in range(5):  # one request trying circuit 0 five times: one failure
+            service.record(0, Outcome(429), now, "request-1")
+        assert service.breaker.state(0, now) is State.HEALTHY
+        for request in ("request-2", "request-3"):
+            service.record(0, Outcome(429), now, request)
+        assert service.breaker.state(0, now) is State.TRIPPED
+        assert service.healthy("circuit-0", now) is False and service.healthy("circuit-1", now) is True
+        for host in ("circuit-99", "circuit-\u00b2", "other", ""):
+            assert service.healthy(host, now) is None  # names no member: Envoy gets 404
+        assert board.BoardReader(path, len(config.circuits)).availability((0,))[0] == 0
+        status = service.status(now)
+        assert status["pools"]["gpt-4o"][0]["state"] == "tripped"
+        # A new breaker process (the old one died) starts from the file: still tripped.
+        again = BreakerService(config, board.BoardWriter(path, len(config.circuits)))
+        assert again.breaker.state(0, now) is State.TRIPPED
+        again.reset()
+        assert again.breaker.state(0, now) is State.HEALTHY
+        assert board.BoardReader(path, len(config.circuits)).availability((0,)) == (1, 0.0)
+
+    asyncio.run(scenario())
+
+
+def test_an_unreadable_retry_after_is_no_retry_after() -> None:
+    assert retry_after_seconds(Outcome(429, retry_after="\u00b2"), T0) is None
