@@ -124,8 +124,9 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
                 if largest_pool:
                     http_filter["typed_config"]["metadata_options"] = {"receiving_namespaces": {
                         "untyped": [f"{POOL_METADATA_NAMESPACE}{i}" for i in range(largest_pool)]}}
-                else:
+                else:  # nor x-envoy-max-retries: only pools set it
                     http_filter["typed_config"].pop("metadata_options", None)
+                    http_filter["typed_config"].pop("mutation_rules", None)
         if name == "https":
             if downstream_tls is None:
                 raise ConfigError("listen.https_port is set but no TLS certificate and key were given")

@@ -205,6 +205,7 @@ def test_without_pools_nothing_of_them_is_rendered(tmp_path: Path) -> None:
     assert "upstream_log" not in text and "breaker_log" not in text  # no breaker, no access log to it
     assert "pool_model" not in text and "pool-" not in text and "previous_priorities" not in text
     assert "metadata_options" not in text  # the ext_proc filter accepts no dynamic metadata at all
+    assert "mutation_rules" not in text  # nor x-envoy-* headers
 
 
 def test_a_query_that_metadata_cannot_carry_is_refused_not_forwarded(tmp_path: Path) -> None:
