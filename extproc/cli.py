@@ -1,4 +1,4 @@
-"""Command line only: `python -m extproc {up,serve,health,config,status,render-envoy,emulator}`; each command's
+"""Command line only: `python -m extproc {up,serve,health,config,status,keys,render-envoy,emulator}`; each command's
 work lives in its package (runtime, envoy_config, config, emulator)."""
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="first render the Envoy config for these settings to PATH (for an Envoy container)")
     commands.add_parser("health", parents=[common], help="exit 0 when every ext_proc worker answers gRPC health SERVING")
     commands.add_parser("config", parents=[common], help="print the effective configuration, secrets redacted")
+    keys = commands.add_parser("keys", help="client keys: `keys new --name NAME` prints a new key and its config entry")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_commands.add_parser("new", help="print a new random client key (once) and the entry for clients.keys")
+    new.add_argument("--name", required=True, help="the client's name (logs and metrics show it)")
+    new.add_argument("--models", help="comma-separated models the key may use (default: every model)")
     status = commands.add_parser("status", parents=[common],
                                  help="print each pool's members and their circuit breaker state (running gateway)")
     status.add_argument("--json", action="store_true", help="the breaker's answer as JSON")
@@ -48,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "keys":  # needs no settings
+        return _new_key(args)
     args.config = getattr(args, "config", None)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -75,6 +82,26 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    import re
+
+    import yaml
+
+    from .auth.client import key_digest, new_key
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
+        print("error: --name: 1-64 letters, digits, '.', '_' and '-'", file=sys.stderr)
+        return 2
+    key = new_key()
+    entry: dict[str, object] = {"name": args.name, "key_sha256": key_digest(key)}
+    if args.models:
+        entry["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    print(f"key (shown once; give it to {args.name}, keep it out of the config): {key}")
+    print("entry for clients.keys in the config file:")
+    print(yaml.safe_dump([entry], sort_keys=False).rstrip())
+    return 0
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from .auth.client import Client, ClientKeys
 from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, CredentialError, StaticApiKey, UpstreamCredential
 from .config import BackendSettings, ConfigError, Settings
 from .core.catalogue import ENDPOINT_NAMES
@@ -72,6 +73,10 @@ def compile_gateway(settings: Settings, created: int | None = None, trips: TripB
         limits=Limits(settings.limits.max_request_body_bytes),
         trips=trips or (BoardReader(settings.breaker_paths.trips, len(settings.circuits)) if settings.pools else NoTrips()),
         default_model=settings.default_model,
+        clients=ClientKeys({
+            key.key_sha256: Client(key.name, None if key.models is None else frozenset(key.models))
+            for key in settings.clients.keys
+        }) if settings.clients.keys else None,
     )
 
 

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 import yaml
 from pydantic import ValidationError
 
+from ..auth.client import key_digest
+from ..auth.upstream import CredentialError, read_key_file
 from .legacy_env import apply_env
 from .schema import ConfigError, Settings
 
@@ -25,6 +27,9 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
     backends = raw.get("backends")
     if isinstance(backends, dict):
         sections += [(values, ("api_key_file", "ca_file")) for values in backends.values()]
+    clients = raw.get("clients")
+    if isinstance(clients, dict) and isinstance(clients.get("keys"), list):
+        sections += [(entry, ("key_file",)) for entry in clients["keys"]]
     for values, keys in sections:
         if isinstance(values, dict):
             for key in keys:
@@ -48,6 +53,35 @@ def _keys_from_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         if not isinstance(variable, str) or not env.get(variable, "").strip():
             raise ConfigError(f"backends.{name}.api_key_env: the variable {variable!r} is not set or empty")
         values["api_key"] = env[variable].strip()
+
+
+def _client_keys_from_sources(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """`clients.keys[].key_env` / `key_file`: read at start, kept only as the key's SHA-256."""
+    clients = raw.get("clients")
+    keys = clients.get("keys") if isinstance(clients, dict) else None
+    if not isinstance(keys, list):
+        return
+    for i, entry in enumerate(keys):
+        if not isinstance(entry, dict):
+            continue
+        sources = [k for k in ("key_sha256", "key_env", "key_file") if k in entry]
+        if len(sources) != 1:
+            raise ConfigError(f"clients.keys[{i}]: give one of key_sha256, key_env and key_file")
+        if "key_env" in entry:
+            variable = entry.pop("key_env")
+            key = env.get(variable, "").strip() if isinstance(variable, str) else ""
+            if not key:
+                raise ConfigError(f"clients.keys[{i}].key_env: the variable {variable!r} is not set or empty")
+            entry["key_sha256"] = key_digest(key)
+        elif "key_file" in entry:
+            path = Path(str(entry.pop("key_file"))).expanduser()
+            try:
+                key = read_key_file(path, f"clients.keys[{i}].key_file")
+            except CredentialError as exc:
+                raise ConfigError(str(exc)) from None
+            if key is None:
+                raise ConfigError(f"clients.keys[{i}].key_file: {path} is empty")
+            entry["key_sha256"] = key_digest(key)
 
 
 def _format_validation_error(exc: ValidationError) -> str:
@@ -82,6 +116,7 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
         _resolve_relative_paths(raw, file.resolve().parent)
     raw = apply_env(raw, env)
     _keys_from_env(raw, env)
+    _client_keys_from_sources(raw, env)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:

@@ -16,6 +16,8 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
     data["azure"]["api_key"] = REDACTED if key else None
     for name, backend in settings.backends.items():
         data["backends"][name]["api_key"] = REDACTED if backend.api_key else None
+    for entry in data["clients"]["keys"]:  # not a secret, but no part of a key's trace is shown
+        entry["key_sha256"] = REDACTED
     data["effective"] = {
         "api_key_source": (
             "azure.api_key_file (re-read when it changes)"

@@ -189,6 +189,30 @@ class FailoverSettings(_Strict):
     try_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
 
 
+class ClientKeySettings(_Strict):
+    """One client's key, by its SHA-256 (`python -m extproc keys new` makes both): the key itself is
+    never in the file. `key_env: VAR` / `key_file: PATH` are read at start and kept as their digest."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    key_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    models: list[str] | None = None  # what the key may use; None: every model
+
+
+class ClientSettings(_Strict):
+    keys: list[ClientKeySettings] = []
+    allow_unauthenticated: bool = False
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct(cls, value: list[ClientKeySettings]) -> list[ClientKeySettings]:
+        names = [key.name for key in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two keys have the same name")
+        if len({key.key_sha256 for key in value}) != len(value):
+            raise ValueError("the same key is listed twice")
+        return value
+
+
 class EndpointSettings(_Strict):
     # classic: /openai/deployments/{dep}/{op}?api-version=V (or /openai/{op} for responses, files, batches)
     # v1: /openai/v1/{op} with the deployment name as the body's model, no api-version
@@ -243,6 +267,7 @@ class Settings(_Strict):
     models: dict[str, str | list[PoolMember]] = {}
     failover: FailoverSettings = FailoverSettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    clients: ClientSettings = ClientSettings()
     # The model a request that names none is served by (the FastAPI proxy's README example); without
     # it such a request gets OpenAI's 400 "you must provide a model parameter".
     default_model: str | None = None
@@ -312,6 +337,12 @@ class Settings(_Strict):
                 raise ValueError(f"models.{model}: its openai-type members name different models "
                                  f"({', '.join(sorted(openai_names))}); Envoy sends every member the same "
                                  "body, whose model can be only one of them")
+        if self.clients.keys:
+            # The client's key is the gateway's; it cannot also be the one sent on to Azure.
+            passing = sorted(n for n, b in self.all_backends.items() if b.api_key is None and b.api_key_file is None)
+            if passing:
+                raise ValueError(f"clients.keys: backend {passing[0]!r} has no key of its own (it would send each "
+                                 "client's key on to Azure); with client keys every backend needs its key")
         if self.default_model is not None and not self.default_model.strip():
             raise ValueError("default_model: must not be empty")
         if (self.default_model is not None and self.unmapped_models is UnmappedModelPolicy.REJECT

@@ -75,6 +75,26 @@ MISSING_API_KEY = error(
 )
 
 
+CLIENT_KEY_MISSING = error(
+    401,
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an api-key header. Ask this gateway's operator "
+    "for a key.",
+    code="invalid_api_key",
+)
+CLIENT_KEY_UNKNOWN = error(
+    401,
+    "Incorrect API key provided. Ask this gateway's operator for a key.",  # never any part of the key
+    code="invalid_api_key",
+)
+NOT_FOR_RESTRICTED_KEYS = error(
+    403,
+    "This API key may use only some models; files, batches and requests in Azure's own form that name no "
+    "deployment are not available to it.",
+    code="model_not_allowed",
+)
+
+
 def missing_api_key(authorization: str) -> Reply:
     """The 401 for a request with no key to send upstream, saying what the client did send."""
     if authorization.strip():

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol
 
+from ..auth.client import ClientKeys
 from ..routing import Backend, ModelMapper
 from .models_endpoint import ModelsEndpoint
 from .routes import RouteTable
@@ -47,6 +48,7 @@ class Gateway:
     member_routes: Mapping[str, RouteTable] = field(default_factory=dict)  # other backends' (their api-version)
     trips: TripBoard = field(default_factory=NoTrips)  # pools' members the circuit breaker has tripped
     default_model: str | None = None  # serves a request whose body names no model
+    clients: ClientKeys | None = None  # clients.keys; None: no client authentication
 
     @property
     def credentials_reusable(self) -> bool:

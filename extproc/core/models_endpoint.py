@@ -15,9 +15,14 @@ class ModelsEndpoint:
 
     def __init__(self, known_models: tuple[str, ...], created: int) -> None:
         self._known = known_models
+        self._created = created
         objects = [{"id": name, "object": "model", "created": created, "owned_by": "azure-openai"} for name in known_models]
         self._list = Reply(200, orjson.dumps({"object": "list", "data": objects}))
         self._models = {obj["id"]: Reply(200, orjson.dumps(obj)) for obj in objects}
+
+    def only(self, models: frozenset[str]) -> ModelsEndpoint:
+        """The same answers for a client that may use only `models`."""
+        return ModelsEndpoint(tuple(name for name in self._known if name in models), self._created)
 
     def answer(self, method: str, path: str) -> Reply:
         if method != "GET":

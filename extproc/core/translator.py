@@ -22,6 +22,7 @@ from .bodies import BodyModel, model_name, read_model
 from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_UPLOAD_PREFIXES
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead, Try
 from .gateway import Gateway
+from .models_endpoint import ModelsEndpoint
 from .jsonbody import InvalidJson, TooManyMembers, insert_top_level_string, replace_top_level_string
 from .multipart import is_multipart, replace_field
 from .paths import azure_form_segments_ok, escapes_its_prefix, has_api_version, query_values, without_credentials
@@ -41,6 +42,10 @@ class Translator:
         self._models_endpoint = gateway.models_endpoint
         self._trips = gateway.trips
         self._default_model = gateway.default_model
+        self._clients = gateway.clients
+        # /v1/models as each key with a model list sees it (built once per list).
+        self._models_endpoints: dict[frozenset[str], ModelsEndpoint] = {}
+        self._deployments: dict[frozenset[str], frozenset[str]] = {}  # of each list's models
         # (bare path or None, prefix, handler): the first the path equals or starts with.
         families: list[tuple[str | None, str, _Family]] = [
             ("/v1/models", "/v1/models/", lambda head, path, _query: self._models_endpoint.answer(head.method, path)),
@@ -54,6 +59,13 @@ class Translator:
 
     def on_headers(self, head: RequestHead) -> HeadersDecision:
         path, _, query = head.path.partition("?")
+        client = None
+        if self._clients is not None:  # client keys: decided before anything else (401s reach nothing)
+            client = self._clients.identify(head.authorization, head.api_key)
+            if client is None:
+                return errors.CLIENT_KEY_MISSING if not (head.authorization or head.api_key) else errors.CLIENT_KEY_UNKNOWN
+            if client.models is not None:
+                return self._restricted(head, path, query, client.models)
         route = self._body_routes.get(path)
         if route is not None:
             return self._model_in_body(head, route, query)
@@ -61,6 +73,30 @@ class Translator:
             if path == bare or path.startswith(prefix):
                 return family(head, path, query)
         return errors.invalid_url(head.method, path)
+
+    def _restricted(self, head: RequestHead, path: str, query: str, models: frozenset[str]) -> HeadersDecision:
+        """A key that may use only `models`: the endpoints that name their model (checked against the list),
+        `/v1/models` (the list), and Azure-form requests naming an allowed deployment in their path."""
+        route = self._body_routes.get(path)
+        if route is not None:
+            return self._model_in_body(head, route, query, models)
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            endpoint = self._models_endpoints.get(models)
+            if endpoint is None:
+                endpoint = self._models_endpoints.setdefault(models, self._models_endpoint.only(models))
+            return endpoint.answer(head.method, path)
+        if path.startswith("/openai/"):
+            lowered = path.lower()
+            allowed = self._deployments.get(models)
+            if allowed is None:
+                allowed = self._deployments.setdefault(models, self._models.deployments_of(models))
+            for prefix in AZURE_DEPLOYMENT_PATH_PREFIXES:
+                if lowered.startswith(prefix):
+                    deployment = unquote(path[len(prefix) :].partition("/")[0])
+                    if deployment not in allowed:
+                        return errors.deployment_not_found(deployment, tuple(sorted(allowed)))
+                    return self._azure_form(head, path, query)
+        return errors.NOT_FOR_RESTRICTED_KEYS
 
     def _credential(self, head: RequestHead, backend: Backend) -> Headers | Reply:
         """The headers that authenticate the request to `backend`, or the 401 refusing it."""
@@ -75,7 +111,8 @@ class Translator:
             return errors.request_too_large(head.content_length, self._max_body)
         return None
 
-    def _model_in_body(self, head: RequestHead, route: BodyRoute, query: str) -> HeadersDecision:
+    def _model_in_body(self, head: RequestHead, route: BodyRoute, query: str,
+                       allowed: frozenset[str] | None = None) -> HeadersDecision:
         if head.method != "POST":
             return errors.invalid_url(head.method, head.path.partition("?")[0])
         if (too_large := self._too_large(head)) is not None:
@@ -85,9 +122,10 @@ class Translator:
         credential = self._credential(head, self._models.default_backend)
         if isinstance(credential, Reply):
             return credential
-        return AwaitBody(lambda body: self._on_body(head, route, query, credential, body))
+        return AwaitBody(lambda body: self._on_body(head, route, query, credential, body, allowed))
 
-    def _on_body(self, head: RequestHead, route: BodyRoute, query: str, credential: Headers, body: bytes) -> BodyDecision:
+    def _on_body(self, head: RequestHead, route: BodyRoute, query: str, credential: Headers, body: bytes,
+                 allowed: frozenset[str] | None = None) -> BodyDecision:
         found = read_model(body, head.content_type, multipart_only=route.multipart_only)
         if isinstance(found, Reply):
             return found
@@ -97,6 +135,8 @@ class Translator:
             model = model_name(found)
         if isinstance(model, Reply):
             return model
+        if allowed is not None and model not in allowed:  # OpenAI's answer for a model the key cannot use
+            return errors.model_not_found(model, tuple(sorted(allowed)))
         target = self._models.target_for(model)
         if target is None:
             if self._models.rejects_unknown:

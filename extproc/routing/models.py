@@ -90,6 +90,17 @@ class ModelMapper:
             return None
         return Target(self.default_backend, deployment) if is_deployment_name(deployment) else None
 
+    def deployments_of(self, models: frozenset[str]) -> frozenset[str]:
+        """The deployments that serve these models (pool members' included)."""
+        names: set[str] = set()
+        for model in models:
+            target = self.target_for(model)
+            if isinstance(target, Pool):
+                names.update(member.deployment for member in target.members)
+            elif target is not None:
+                names.add(target.deployment)
+        return frozenset(names)
+
     def allows_deployment(self, deployment: str) -> bool:
         """Whether a request naming the deployment itself (Azure form) may be sent on."""
         return not self.rejects_unknown or deployment in self._deployment_set

@@ -1,0 +1,76 @@
+"""Client keys through the real Envoy with the real openai SDK: the gateway's own keys in, Azure's key
+out, decided before anything reaches Azure (the emulator's journal shows what did)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from .conftest import SERVER_KEY, EmulatorThread, Gateway, start_gateway, stop_gateway
+
+TEAM_A = "sk-aoai-e2e-team-a"
+TEAM_B = "sk-aoai-e2e-team-b"
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Gateway]:
+    team_b = hashlib.sha256(TEAM_B.encode()).hexdigest()
+    gw = start_gateway(tmp_path_factory.mktemp("client-keys"), azure.url, upstream_pki.ca_cert,
+                       clients=(f"{{keys: [{{name: team-a, key_env: TEAM_A_KEY}}, "
+                                f"{{name: team-b, key_sha256: {team_b}, models: [text-embedding-3-small]}}]}}"),
+                       env={"TEAM_A_KEY": TEAM_A})
+    yield gw
+    stop_gateway(gw)
+    output = gw.log.read_text()
+    assert TEAM_A not in output and TEAM_B not in output and SERVER_KEY not in output
+
+
+def _client(gateway: Gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=key, max_retries=0)
+
+
+def test_a_known_key_reaches_azure_as_the_gateways_key(gateway: Gateway, azure: EmulatorThread) -> None:
+    before = len(azure.requests())
+    with _client(gateway, TEAM_A) as client:
+        answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content
+    [recorded] = azure.requests()[before:]
+    assert recorded.headers["api-key"] == SERVER_KEY and "authorization" not in recorded.headers
+    assert TEAM_A not in str(recorded.headers)
+
+
+@pytest.mark.parametrize("key", ["sk-aoai-not-a-key", ""])
+def test_an_unknown_or_missing_key_never_reaches_azure(gateway: Gateway, azure: EmulatorThread, key: str) -> None:
+    before = len(azure.requests())
+    with httpx.Client(base_url=gateway.http_url) as http:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES}, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key" and "not-a-key" not in response.text
+    assert len(azure.requests()) == before
+
+
+def test_an_azure_client_sends_its_key_as_api_key(gateway: Gateway, azure: EmulatorThread) -> None:
+    with httpx.Client(base_url=gateway.http_url) as http:
+        response = http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"},
+                             headers={"api-key": TEAM_B})
+    assert response.status_code == 200
+    assert azure.last().headers["api-key"] == SERVER_KEY
+
+
+def test_a_key_with_a_model_list_sees_and_uses_only_those(gateway: Gateway, azure: EmulatorThread) -> None:
+    before = len(azure.requests())
+    with _client(gateway, TEAM_B) as client:
+        assert [m.id for m in client.models.list()] == ["text-embedding-3-small"]
+        with pytest.raises(openai.NotFoundError) as raised:
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        assert raised.value.body["code"] == "model_not_found"  # type: ignore[index]
+        assert client.embeddings.create(model="text-embedding-3-small", input="x").data
+    assert len(azure.requests()) == before + 1  # only the embedding
+    with _client(gateway, TEAM_A) as client:
+        assert "gpt-4o" in [m.id for m in client.models.list()]

@@ -1,0 +1,146 @@
+"""Client keys (`clients.keys`) without Envoy: the settings (keys only as digests), the core's answers
+(401 before anything else, the model list per key, /v1/models per key), and `keys new`.
+Through the real Envoy and SDK: tests/e2e/test_client_keys.py."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from extproc.compile import compile_gateway
+from extproc.config import ConfigError, load_settings
+from extproc.config.redaction import redacted_dump
+from extproc.core.decision import AwaitBody, Forward, Reply, RequestHead
+from extproc.core.translator import Translator
+
+TEAM_A_KEY = "sk-aoai-team-a-secret"
+TEAM_B_KEY = "sk-aoai-team-b-secret"
+
+CONFIG = f"""
+azure: {{endpoint: https://main.openai.azure.com, api_key: azure-key}}
+models: {{gpt-4o: chat, text-embedding-3-small: embed, dall-e-3: images}}
+clients:
+  keys:
+    - {{name: team-a, key_env: TEAM_A}}
+    - {{name: team-b, key_sha256: {hashlib.sha256(TEAM_B_KEY.encode()).hexdigest()}, models: [text-embedding-3-small]}}
+state_dir: {{state}}
+listen: {{https_port: null}}
+"""
+
+
+def settings(tmp_path: Path, text: str = CONFIG, env: dict[str, str] | None = None):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text.replace("{state}", str(tmp_path / "state")))
+    return load_settings(path, env={"TEAM_A": TEAM_A_KEY} if env is None else env)
+
+
+def translator(tmp_path: Path) -> Translator:
+    return Translator(compile_gateway(settings(tmp_path)))
+
+
+def post(t: Translator, path: str, body: dict, **head: str) -> Forward | Reply:
+    decision = t.on_headers(RequestHead("POST", path, "application/json", has_body=True, **head))
+    if isinstance(decision, AwaitBody):
+        return decision.finish(orjson.dumps(body))
+    return decision
+
+
+CHAT = {"model": "gpt-4o", "messages": []}
+
+
+@pytest.mark.parametrize(("head", "message"), [
+    ({}, "You didn't provide an API key"),
+    ({"authorization": "Bearer sk-aoai-wrong"}, "Incorrect API key provided"),
+    ({"api_key": "sk-aoai-wrong"}, "Incorrect API key provided"),
+    ({"authorization": "Basic dGVhbS1hOng="}, "Incorrect API key provided"),
+])
+def test_a_missing_or_unknown_key_is_refused_before_anything_else(tmp_path: Path, head: dict, message: str) -> None:
+    reply = translator(tmp_path).on_headers(RequestHead("POST", "/v1/chat/completions", "application/json",
+                                                        has_body=True, **head))
+    assert isinstance(reply, Reply) and reply.status == 401  # no body is read for it
+    error = orjson.loads(reply.body)["error"]
+    assert error["code"] == "invalid_api_key" and message in error["message"]
+    assert "wrong" not in error["message"] and "sk-aoai" not in error["message"]  # no part of the key
+
+
+@pytest.mark.parametrize("head", [{"authorization": f"Bearer {TEAM_A_KEY}"}, {"api_key": TEAM_A_KEY}])
+def test_a_known_key_is_replaced_by_azures(tmp_path: Path, head: dict) -> None:
+    forward = post(translator(tmp_path), "/v1/chat/completions", CHAT, **head)
+    assert isinstance(forward, Forward) and forward.credential == (("api-key", "azure-key"),)
+
+
+def test_a_key_with_a_model_list_gets_only_those_models(tmp_path: Path) -> None:
+    t = translator(tmp_path)
+    b = {"authorization": f"Bearer {TEAM_B_KEY}"}
+    refused = post(t, "/v1/chat/completions", CHAT, **b)
+    assert isinstance(refused, Reply) and refused.status == 404
+    error = orjson.loads(refused.body)["error"]
+    assert error["code"] == "model_not_found" and "text-embedding-3-small" in error["message"]
+    forward = post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}, **b)
+    assert isinstance(forward, Forward) and forward.path.startswith("/openai/deployments/embed/")
+    listed = t.on_headers(RequestHead("GET", "/v1/models", **b))
+    assert isinstance(listed, Reply) and [m["id"] for m in orjson.loads(listed.body)["data"]] == ["text-embedding-3-small"]
+    one = t.on_headers(RequestHead("GET", "/v1/models/gpt-4o", **b))
+    assert isinstance(one, Reply) and one.status == 404
+    everything = t.on_headers(RequestHead("GET", "/v1/models", authorization=f"Bearer {TEAM_A_KEY}"))
+    assert isinstance(everything, Reply) and len(orjson.loads(everything.body)["data"]) == 3
+    # Azure's own form: only a deployment of an allowed model; files and batches could reach any model.
+    azure_form = t.on_headers(RequestHead("POST", "/openai/deployments/chat/chat/completions?api-version=2024-10-21",
+                                          "application/json", has_body=True, **b))
+    assert isinstance(azure_form, Reply) and azure_form.status == 404
+    allowed = t.on_headers(RequestHead("POST", "/openai/deployments/embed/embeddings?api-version=2024-10-21",
+                                       "application/json", has_body=True, **b))
+    assert isinstance(allowed, Forward)
+    for path in ("/v1/files", "/v1/batches", "/openai/files?api-version=2024-10-21"):
+        refused = t.on_headers(RequestHead("GET", path, **b))
+        assert isinstance(refused, Reply) and refused.status == 403, path
+
+
+def test_keys_are_held_as_digests_and_never_shown(tmp_path: Path) -> None:
+    loaded = settings(tmp_path)
+    assert [k.key_sha256 for k in loaded.clients.keys] == [hashlib.sha256(k.encode()).hexdigest()
+                                                          for k in (TEAM_A_KEY, TEAM_B_KEY)]
+    shown = orjson.dumps(redacted_dump(loaded)).decode()
+    assert TEAM_A_KEY not in shown and loaded.clients.keys[0].key_sha256 not in shown
+
+
+def test_a_key_file_is_read_at_start_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "team-a.key").write_text(TEAM_A_KEY + "\n")
+    loaded = settings(tmp_path, CONFIG.replace("key_env: TEAM_A", "key_file: team-a.key"), env={})
+    assert loaded.clients.keys[0].key_sha256 == hashlib.sha256(TEAM_A_KEY.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("clients: {keys: [{name: a, key_env: NOPE}]}", "clients.keys[0].key_env: the variable 'NOPE' is not set"),
+    ("clients: {keys: [{name: a}]}", "give one of key_sha256, key_env and key_file"),
+    ("clients: {keys: [{name: a, key_sha256: abc}]}", "clients.keys.0.key_sha256"),
+    ("clients: {keys: [{name: 'a b', key_env: K}]}", "clients.keys.0.name"),
+    ("clients: {keys: [{name: a, key_env: K}, {name: a, key_env: K2}]}", "two keys have the same name"),
+    ("clients: {keys: [{name: a, key_env: K}, {name: b, key_env: K}]}", "the same key is listed twice"),
+])
+def test_bad_client_keys_are_refused_at_start(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        settings(tmp_path, "azure: {endpoint: 'https://m.openai.azure.com', api_key: k}\n" + text + "\n",
+                 env={"K": "one", "K2": "two"})
+
+
+def test_client_keys_exclude_sending_the_clients_key_to_azure(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backend 'default' has no key of its own"):
+        settings(tmp_path, "azure: {endpoint: 'https://m.openai.azure.com'}\nclients: {keys: [{name: a, key_env: K}]}\n",
+                 env={"K": "one"})
+
+
+def test_keys_new_prints_a_key_and_an_entry_holding_only_its_digest() -> None:
+    out = subprocess.run([sys.executable, "-m", "extproc", "keys", "new", "--name", "team-c", "--models", "gpt-4o, x"],
+                         capture_output=True, text=True, check=True).stdout
+    key = out.splitlines()[0].rsplit(" ", 1)[1]
+    assert key.startswith("sk-aoai-") and len(key) > 40
+    [entry] = yaml.safe_load(out.split("clients.keys in the config file:\n", 1)[1])
+    assert entry == {"name": "team-c", "key_sha256": hashlib.sha256(key.encode()).hexdigest(), "models": ["gpt-4o", "x"]}
+    assert key not in out.split("\n", 1)[1]  # the key only on its own line
