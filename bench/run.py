@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", action="store_true",
                    help="also measure the model served by a pool of two healthy members, and by a pool whose "
                         "first member always answers 429 (each request fails over once)")
+    p.add_argument("--client-keys", action="store_true",
+                   help="also measure the gateway with client keys configured (every request's key is checked)")
     p.add_argument("--floor", action="store_true",
                    help="also measure bench/floor_extproc.py (constant answers, no decoding) in place of the "
                         "ext_proc: Envoy's own share of (b)")
@@ -263,6 +265,10 @@ def evaluate(results: dict[str, Any], workers: list[int]) -> list[dict[str, Any]
             share = _ratio(rows[(pool, 16)]["rps"], rows[(b, 16)]["rps"])
             check(f"healthy pool of 2 x{n}: throughput / (b x{n}), 16 connections", share,
                   f">= {MIN_POOL_THROUGHPUT_SHARE}", share is not None and share >= MIN_POOL_THROUGHPUT_SHARE)
+        keys = f"k{n}"
+        if (keys, 16) in rows and (b, 16) in rows:
+            share = _ratio(rows[(keys, 16)]["rps"], rows[(b, 16)]["rps"])
+            check(f"client keys x{n}: throughput / (b x{n}), 16 connections", share, "report (within noise)", None)
         if (failover, 1) in rows and (b, 1) in rows:
             added = round(rows[(failover, 1)]["p50_ms"] - rows[(b, 1)]["p50_ms"], 3)
             check(f"a failover (1st member 429) x{n}: p50 added to (b x{n}), 1 connection, ms", added, "report", None)
@@ -335,6 +341,8 @@ def _setup_name(label: str, workers: int) -> str:
         return f"b: pool of 2 x{workers}"
     if label.startswith("t"):
         return f"b: pool, 1st member 429 x{workers}"
+    if label.startswith("k"):
+        return f"b: client keys x{workers}"
     return f"b: + ext_proc x{workers}"
 
 
@@ -439,7 +447,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bench.upstream = upstream
         targets = [start_plain(processes, upstream.url, args.envoy_concurrency)]
         targets += [start_gateway(processes, upstream.url, n, args.envoy_concurrency) for n in workers]
-        for flag, variant in ((args.grpcio, "g"), (args.floor, "f"), (args.pool, "p"), (args.pool, "t")):
+        for flag, variant in ((args.grpcio, "g"), (args.floor, "f"), (args.pool, "p"), (args.pool, "t"),
+                              (args.client_keys, "k")):
             if flag:
                 targets += [start_gateway(processes, upstream.url, n, args.envoy_concurrency, variant)
                             for n in workers]

@@ -9,6 +9,7 @@ difference between (a) and (b) is the Python hop and nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -28,6 +29,7 @@ from .procs import Proc, Processes, wait_until
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SERVER_API_KEY = "bench-azure-key"
+BENCH_CLIENT_KEY = "sk-bench-client-key"  # what bench/chat.lua sends as its Bearer token
 MODEL_MAP = {"gpt-4o": "prod-chat"}
 API_VERSION = DEFAULT_API_VERSION  # what the gateway sends upstream (_gateway_config sets none)
 
@@ -92,7 +94,7 @@ def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrenc
                     pool: str | None = None) -> tuple[Path, dict[str, Any]]:
     models: dict[str, Any] = dict(MODEL_MAP)
     backends = {}
-    if pool is not None:
+    if pool in ("p", "t"):
         backends = {name: {"endpoint": upstream_url, "api_key": SERVER_API_KEY} for name in ("one", "two")}
         first = "throttled" if pool == "t" else MODEL_MAP["gpt-4o"]
         models["gpt-4o"] = [{"backend": "one", "deployment": first, "priority": 1},
@@ -101,6 +103,9 @@ def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrenc
         "azure": {"endpoint": upstream_url, "api_key": SERVER_API_KEY},
         **({"backends": backends} if backends else {}),
         "models": models,
+        # "k": the wrk script's Bearer token is a client key, checked on every request.
+        **({"clients": {"keys": [{"name": "bench", "key_sha256": hashlib.sha256(BENCH_CLIENT_KEY.encode()).hexdigest()}]}}
+           if pool == "k" else {}),
         # "t" measures a failover on every request: the breaker must not take the 429ing member out.
         **({"circuit_breaker": {"failures": 1000, "interval_seconds": 0.001}} if pool == "t" else {}),
         "listen": {"address": "127.0.0.1", "http_port": free_port(), "https_port": None},
@@ -150,7 +155,7 @@ def start_plain(processes: Processes, upstream_url: str, concurrency: int) -> Ta
 # "t", a pool whose first-priority member always answers 429 (every request fails over once: the
 # breaker is set never to trip, else after three 429s no request would try that member).
 VARIANTS = {"b": "ext_proc", "g": "ext_proc on grpcio", "f": "floor server", "p": "pool of 2",
-            "t": "pool, first member 429"}
+            "t": "pool, first member 429", "k": "client keys"}
 
 
 def start_gateway(processes: Processes, upstream_url: str, workers: int, concurrency: int,
@@ -158,7 +163,7 @@ def start_gateway(processes: Processes, upstream_url: str, workers: int, concurr
     """(b) the project's stack, started as `python -m extproc up` starts it."""
     name = f"{variant}{workers}"
     directory = processes.directory / f"gateway-{name}"
-    path, raw = _gateway_config(directory, upstream_url, workers, concurrency, pool=variant if variant in "pt" else None)
+    path, raw = _gateway_config(directory, upstream_url, workers, concurrency, pool=variant if variant in "ptk" else None)
     settings = load_settings(path, env={})
     env = _clean_env()
     sockets = settings.socket_paths()

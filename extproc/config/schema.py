@@ -6,6 +6,7 @@ worker compiles the result once (extproc/compile.py), the Envoy config is render
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
@@ -337,6 +338,14 @@ class Settings(_Strict):
                 raise ValueError(f"models.{model}: its openai-type members name different models "
                                  f"({', '.join(sorted(openai_names))}); Envoy sends every member the same "
                                  "body, whose model can be only one of them")
+        held = [n for n, b in self.all_backends.items() if b.api_key is not None or b.api_key_file is not None]
+        if not _is_loopback(self.listen.address) and held and not self.clients.keys \
+                and not self.clients.allow_unauthenticated:
+            raise ValueError(
+                f"listen.address {self.listen.address!r} serves beyond this machine, and the gateway holds Azure keys "
+                "but no client keys: anyone who reaches it would spend them. Add client keys (clients.keys; "
+                "`python -m extproc keys new --name NAME` makes one), listen on 127.0.0.1, or, if something in front "
+                "decides who connects (a network policy, a private network), set clients.allow_unauthenticated: true")
         if self.clients.keys:
             # The client's key is the gateway's; it cannot also be the one sent on to Azure.
             passing = sorted(n for n, b in self.all_backends.items() if b.api_key is None and b.api_key_file is None)
@@ -408,6 +417,15 @@ class Settings(_Strict):
     def breaker_paths(self) -> BreakerPaths:
         return BreakerPaths(self.socket_dir / "breaker.sock", self.socket_dir / "breaker-log.sock",
                             self.socket_dir / "breaker.trips")
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 class BreakerPaths(NamedTuple):

@@ -144,3 +144,33 @@ def test_keys_new_prints_a_key_and_an_entry_holding_only_its_digest() -> None:
     [entry] = yaml.safe_load(out.split("clients.keys in the config file:\n", 1)[1])
     assert entry == {"name": "team-c", "key_sha256": hashlib.sha256(key.encode()).hexdigest(), "models": ["gpt-4o", "x"]}
     assert key not in out.split("\n", 1)[1]  # the key only on its own line
+
+
+@pytest.mark.parametrize(("text", "starts"), [
+    ("azure: {endpoint: 'https://m.openai.azure.com', api_key: k}\nlisten: {address: 0.0.0.0}", False),
+    ("azure: {endpoint: 'https://m.openai.azure.com', api_key: k}\nlisten: {address: '::'}", False),
+    ("azure: {endpoint: 'https://m.openai.azure.com', api_key: k}\nlisten: {address: gateway.internal}", False),
+    ("azure: {endpoint: 'https://m.openai.azure.com', api_key: k}\nlisten: {address: 127.0.0.2}", True),
+    ("azure: {endpoint: 'https://m.openai.azure.com', api_key: k}\nlisten: {address: '::1'}", True),
+    ("azure: {endpoint: 'https://m.openai.azure.com', api_key: k}\nlisten: {address: 0.0.0.0}\n"
+     "clients: {keys: [{name: a, key_env: K}]}", True),
+    ("azure: {endpoint: 'https://m.openai.azure.com', api_key: k}\nlisten: {address: 0.0.0.0}\n"
+     "clients: {allow_unauthenticated: true}", True),
+    # Nothing of the operator's to spend: each client's own Azure key is sent on.
+    ("azure: {endpoint: 'https://m.openai.azure.com'}\nlisten: {address: 0.0.0.0}", True),
+])
+def test_beyond_loopback_a_gateway_holding_azure_keys_needs_client_keys(tmp_path: Path, text: str, starts: bool) -> None:
+    if starts:
+        settings(tmp_path, text + "\n", env={"K": "one"})
+        return
+    with pytest.raises(ConfigError, match="serves beyond this machine.*clients.allow_unauthenticated: true"):
+        settings(tmp_path, text + "\n", env={"K": "one"})
+
+
+def test_the_older_proxies_address_variable_is_held_to_the_same_rule(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("{}\n")
+    env = {"AZURE_OPENAI_ENDPOINT": "https://m.openai.azure.com", "AZURE_OPENAI_API_KEY": "k",
+           "AZURE_OPENAI_PROXY_ADDRESS": "0.0.0.0:8080"}
+    with pytest.raises(ConfigError, match="serves beyond this machine"):
+        load_settings(path, env=env)
