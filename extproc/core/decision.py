@@ -44,6 +44,7 @@ class Forward(NamedTuple):
     # To a pool with tripped members: retries for this request (Envoy's x-envoy-max-retries), so that no
     # member still in is tried twice; None: the route's own (every member in).
     max_retries: int | None = None
+    client: str = ""  # the client key's name (clients.keys): Envoy's per-key rate limit and access log
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,14 +58,22 @@ class Translator:
     # --- per request ----------------------------------------------------------------------------
 
     def on_headers(self, head: RequestHead) -> HeadersDecision:
+        if self._clients is not None:
+            return self._client_key_first(head)
+        return self._decide(head)
+
+    def _client_key_first(self, head: RequestHead) -> HeadersDecision:
+        """Client keys: decided before anything else (a 401 reads no body, reaches nothing)."""
+        client = self._clients.identify(head.authorization, head.api_key) if self._clients is not None else None
+        if client is None:
+            return errors.CLIENT_KEY_MISSING if not (head.authorization or head.api_key) else errors.CLIENT_KEY_UNKNOWN
+        if client.models is None:
+            return _named(self._decide(head), client.name)
         path, _, query = head.path.partition("?")
-        client = None
-        if self._clients is not None:  # client keys: decided before anything else (401s reach nothing)
-            client = self._clients.identify(head.authorization, head.api_key)
-            if client is None:
-                return errors.CLIENT_KEY_MISSING if not (head.authorization or head.api_key) else errors.CLIENT_KEY_UNKNOWN
-            if client.models is not None:
-                return self._restricted(head, path, query, client.models)
+        return _named(self._restricted(head, path, query, client.models), client.name)
+
+    def _decide(self, head: RequestHead) -> HeadersDecision:
+        path, _, query = head.path.partition("?")
         route = self._body_routes.get(path)
         if route is not None:
             return self._model_in_body(head, route, query)
@@ -276,6 +284,20 @@ class Translator:
             if isinstance(deployment, str) and deployment and not self._models.allows_deployment(deployment):
                 return errors.deployment_not_found(deployment, self._models.known_deployments)
         return forward
+
+
+def _named(decision: HeadersDecision, client: str) -> HeadersDecision:
+    """The decision, its forward carrying the client key's name (for Envoy's per-key rate limit and log)."""
+    if isinstance(decision, Forward):
+        return decision._replace(client=client)
+    if isinstance(decision, AwaitBody):
+        finish = decision.finish
+        return AwaitBody(lambda body: _named_body(finish(body), client))
+    return decision
+
+
+def _named_body(decision: BodyDecision, client: str) -> BodyDecision:
+    return decision._replace(client=client) if isinstance(decision, Forward) else decision
 
 
 def _names_no_model(found: BodyModel) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,48 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     _upstream_cluster(_named(resources["clusters"], cluster_name(DEFAULT_BACKEND), "cluster"), DEFAULT_BACKEND, settings.azure)
     _pools(settings, resources, listeners)
     _breaker_log(settings, resources, listeners)
+    _client_keys(settings, listeners)
     return config
+
+
+CLIENT_HEADER = "x-aoai-client"  # extproc/processor/messages.py sets it with client keys
+
+
+def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
+    """One token bucket per client key with requests_per_minute (Envoy's local rate limit), the filter and
+    its local reply only when there is one, the removals of the client-name header only with client keys
+    (without them the config is what it was). A minute's worth may come at once; the bucket refills
+    evenly (Envoy's finest fill is 50 ms)."""
+    limited = [key for key in settings.clients.keys if key.requests_per_minute]
+    descriptors, retry_after = [], 1
+    for key in limited:
+        rate = key.requests_per_minute or 1
+        fill_s = max(0.05, 60 / rate)
+        descriptors.append({"entries": [{"key": "client", "value": key.name}], "token_bucket": {
+            "max_tokens": rate, "tokens_per_fill": max(1, round(rate * fill_s / 60)), "fill_interval": _seconds(round(fill_s, 3))}})
+        retry_after = max(retry_after, math.ceil(fill_s))
+    for listener in listeners:
+        for hcm in _connection_managers(listener):
+            if not settings.clients.keys:
+                for early in hcm.get("early_header_mutation_extensions", []):
+                    mutations = early["typed_config"]["mutations"]
+                    mutations[:] = [m for m in mutations if m.get("remove") != CLIENT_HEADER]
+                for http_filter in hcm["http_filters"]:
+                    if http_filter["name"] == "envoy.filters.http.header_mutation":
+                        mutations = http_filter["typed_config"]["mutations"]["request_mutations"]
+                        mutations[:] = [m for m in mutations if m.get("remove") != CLIENT_HEADER]
+            if not limited:
+                mappers = hcm.get("local_reply_config", {}).get("mappers", [])
+                mappers[:] = [m for m in mappers if "local_rate_limited" not in str(m.get("filter"))]
+            filters = hcm["http_filters"]
+            for http_filter in list(filters):
+                if http_filter["name"] != "envoy.filters.http.local_ratelimit":
+                    continue
+                if not limited:
+                    filters.remove(http_filter)
+                    continue
+                http_filter["typed_config"]["descriptors"] = descriptors
+                http_filter["typed_config"]["response_headers_to_add"][0]["header"]["value"] = str(retry_after)
 
 
 def _breaker_log(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:

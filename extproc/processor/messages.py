@@ -12,6 +12,7 @@ from ..core.decision import Forward, Reply, RequestHead
 from ..routing import POOL_METADATA_NAMESPACE
 
 ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstream; clients' copies are stripped
+CLIENT_HEADER = "x-aoai-client"  # the client key's name: Envoy's rate limit reads it, then it is removed
 # The client's credentials never reach upstream; a header the upstream credential sets is overwritten,
 # never removed and re-added.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key")
@@ -88,6 +89,8 @@ def _common_response(forward: Forward) -> pb.CommonResponse:
     set_headers = [_header(":path", forward.path)]
     set_headers += [_header(name, value) for name, value in forward.credential]
     set_headers.append(_header(ROUTE_HEADER, forward.cluster))
+    if forward.client:
+        set_headers.append(_header(CLIENT_HEADER, forward.client))
     if forward.max_retries is not None:  # read by Envoy's router; the pool's upstream Lua removes it
         set_headers.append(_header("x-envoy-max-retries", str(forward.max_retries)))
     removed = [name for name in CLIENT_CREDENTIAL_HEADERS if name not in credential_names]

@@ -14,6 +14,7 @@ from .conftest import SERVER_KEY, EmulatorThread, Gateway, start_gateway, stop_g
 
 TEAM_A = "sk-aoai-e2e-team-a"
 TEAM_B = "sk-aoai-e2e-team-b"
+TEAM_C = "sk-aoai-e2e-team-c"  # requests_per_minute: 3
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
 
@@ -22,7 +23,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, ups
     team_b = hashlib.sha256(TEAM_B.encode()).hexdigest()
     gw = start_gateway(tmp_path_factory.mktemp("client-keys"), azure.url, upstream_pki.ca_cert,
                        clients=(f"{{keys: [{{name: team-a, key_env: TEAM_A_KEY}}, "
-                                f"{{name: team-b, key_sha256: {team_b}, models: [text-embedding-3-small]}}]}}"),
+                                f"{{name: team-b, key_sha256: {team_b}, models: [text-embedding-3-small]}}, "
+                                f"{{name: team-c, key_sha256: {hashlib.sha256(TEAM_C.encode()).hexdigest()}, "
+                                f"requests_per_minute: 3}}]}}"),
                        env={"TEAM_A_KEY": TEAM_A})
     yield gw
     stop_gateway(gw)
@@ -74,3 +77,32 @@ def test_a_key_with_a_model_list_sees_and_uses_only_those(gateway: Gateway, azur
     assert len(azure.requests()) == before + 1  # only the embedding
     with _client(gateway, TEAM_A) as client:
         assert "gpt-4o" in [m.id for m in client.models.list()]
+
+
+def test_a_key_over_its_requests_per_minute_gets_429_from_envoy_and_others_are_untouched(
+        gateway: Gateway, azure: EmulatorThread) -> None:
+    before = len(azure.requests())
+    with _client(gateway, TEAM_C) as client:
+        for _ in range(3):  # a minute's worth at once
+            assert client.embeddings.create(model="text-embedding-3-small", input="x").data
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.embeddings.create(model="text-embedding-3-small", input="x")
+    assert raised.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+    assert raised.value.response.headers["retry-after"] == "20"  # 3 a minute: one more every 20 s
+    assert len(azure.requests()) == before + 3
+    assert all("x-aoai-client" not in r.headers for r in azure.requests()[before:])  # the gateway's own
+    with _client(gateway, TEAM_A) as client:  # another key: its own bucket (none)
+        for _ in range(5):
+            assert client.embeddings.create(model="text-embedding-3-small", input="x").data
+
+
+def test_a_client_cannot_name_itself_to_another_keys_bucket(gateway: Gateway) -> None:
+    body = {"model": "text-embedding-3-small", "input": "x"}
+    with httpx.Client(base_url=gateway.http_url) as http:
+        statuses = [http.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {TEAM_C}"}).status_code
+                    for _ in range(4)]
+        assert statuses[-1] == 429  # team-c's bucket is empty now
+        for _ in range(5):  # team-a (no bucket) naming itself team-c: the ext_proc's name wins
+            response = http.post("/v1/embeddings", json=body,
+                                 headers={"Authorization": f"Bearer {TEAM_A}", "x-aoai-client": "team-c"})
+            assert response.status_code == 200

@@ -174,3 +174,30 @@ def test_the_older_proxies_address_variable_is_held_to_the_same_rule(tmp_path: P
            "AZURE_OPENAI_PROXY_ADDRESS": "0.0.0.0:8080"}
     with pytest.raises(ConfigError, match="serves beyond this machine"):
         load_settings(path, env=env)
+
+
+def _http_filters(config: dict) -> list[dict]:
+    return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+
+
+def test_requests_per_minute_is_one_envoy_token_bucket_per_key(tmp_path: Path) -> None:
+    from extproc import envoy_config
+
+    limited = CONFIG.replace("models: [text-embedding-3-small]}", "models: [text-embedding-3-small], requests_per_minute: 6000}")
+    limited = limited.replace("key_env: TEAM_A}", "key_env: TEAM_A, requests_per_minute: 3}")
+    config = envoy_config.render(settings(tmp_path, limited), None)
+    envoy_config.validate(envoy_config.write(config, tmp_path / "envoy.yaml"))
+    names = [f["name"] for f in _http_filters(config)]
+    assert names.index("envoy.filters.http.ext_proc") < names.index("envoy.filters.http.local_ratelimit") \
+        < names.index("envoy.filters.http.header_mutation")  # after the name is set, before it is removed
+    rate_limit = next(f for f in _http_filters(config) if f["name"] == "envoy.filters.http.local_ratelimit")["typed_config"]
+    assert rate_limit["descriptors"] == [
+        {"entries": [{"key": "client", "value": "team-a"}],
+         "token_bucket": {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "20s"}},
+        {"entries": [{"key": "client", "value": "team-b"}],  # 100 a second: 5 every 50 ms, Envoy's finest
+         "token_bucket": {"max_tokens": 6000, "tokens_per_fill": 5, "fill_interval": "0.05s"}},
+    ]
+    assert rate_limit["response_headers_to_add"][0]["header"] == {"key": "retry-after", "value": "20"}
+    without = envoy_config.render(settings(tmp_path), None)  # keys, no rates: no filter, the header still removed
+    assert "envoy.filters.http.local_ratelimit" not in [f["name"] for f in _http_filters(without)]
+    assert "x-aoai-client" in orjson.dumps(without).decode()
