@@ -103,9 +103,10 @@ def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrenc
         "azure": {"endpoint": upstream_url, "api_key": SERVER_API_KEY},
         **({"backends": backends} if backends else {}),
         "models": models,
-        # "k": the wrk script's Bearer token is a client key, checked on every request.
-        **({"clients": {"keys": [{"name": "bench", "key_sha256": hashlib.sha256(BENCH_CLIENT_KEY.encode()).hexdigest()}]}}
-           if pool == "k" else {}),
+        # "k": the wrk script's Bearer token is a client key, checked on every request, with a rate too high
+        # to reach (Envoy's rate limit filter runs, never refuses).
+        **({"clients": {"keys": [{"name": "bench", "key_sha256": hashlib.sha256(BENCH_CLIENT_KEY.encode()).hexdigest(),
+                                  "requests_per_minute": 6_000_000}]}} if pool == "k" else {}),
         # "t" measures a failover on every request: the breaker must not take the 429ing member out.
         **({"circuit_breaker": {"failures": 1000, "interval_seconds": 0.001}} if pool == "t" else {}),
         "listen": {"address": "127.0.0.1", "http_port": free_port(), "https_port": None},
