@@ -217,6 +217,12 @@ class ClientSettings(_Strict):
         return value
 
 
+class CorsSettings(_Strict):
+    """Browser apps on these origins may call the gateway (Envoy answers the preflights; none: no CORS)."""
+
+    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$")]] = []
+
+
 class EndpointSettings(_Strict):
     # classic: /openai/deployments/{dep}/{op}?api-version=V (or /openai/{op} for responses, files, batches)
     # v1: /openai/v1/{op} with the deployment name as the body's model, no api-version
@@ -272,6 +278,7 @@ class Settings(_Strict):
     failover: FailoverSettings = FailoverSettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     clients: ClientSettings = ClientSettings()
+    cors: CorsSettings = CorsSettings()
     # The model a request that names none is served by (the FastAPI proxy's README example); without
     # it such a request gets OpenAI's 400 "you must provide a model parameter".
     default_model: str | None = None

@@ -155,7 +155,28 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     _pools(settings, resources, listeners)
     _breaker_log(settings, resources, listeners)
     _client_keys(settings, listeners)
+    _cors(settings, listeners)
     return config
+
+
+CORS_FILTER = "envoy.filters.http.cors"
+
+
+def _cors(settings: Settings, listeners: list[dict[str, Any]]) -> None:
+    """The allowed origins into the virtual host's CORS policy; no origins: no CORS filter or policy."""
+    origins = [{"exact": origin} for origin in settings.cors.allowed_origins]
+    for listener in listeners:
+        for hcm in _connection_managers(listener):
+            if not origins:
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != CORS_FILTER]
+            for vhost in hcm["route_config"]["virtual_hosts"]:
+                per_filter = vhost.get("typed_per_filter_config", {})
+                if not origins:
+                    per_filter.pop(CORS_FILTER, None)
+                    if not per_filter:
+                        vhost.pop("typed_per_filter_config", None)
+                elif CORS_FILTER in per_filter:
+                    per_filter[CORS_FILTER]["allow_origin_string_match"] = origins
 
 
 CLIENT_HEADER = "x-aoai-client"  # extproc/processor/messages.py sets it with client keys

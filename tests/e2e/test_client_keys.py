@@ -16,6 +16,7 @@ TEAM_A = "sk-aoai-e2e-team-a"
 TEAM_B = "sk-aoai-e2e-team-b"
 TEAM_C = "sk-aoai-e2e-team-c"  # requests_per_minute: 3
 MESSAGES = [{"role": "user", "content": "Hello"}]
+ALLOWED_ORIGIN = "http://chat-app.localhost:3000"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, ups
                                 f"{{name: team-b, key_sha256: {team_b}, models: [text-embedding-3-small]}}, "
                                 f"{{name: team-c, key_sha256: {hashlib.sha256(TEAM_C.encode()).hexdigest()}, "
                                 f"requests_per_minute: 3}}]}}"),
+                       cors=f"{{allowed_origins: ['{ALLOWED_ORIGIN}']}}",
                        env={"TEAM_A_KEY": TEAM_A})
     yield gw
     stop_gateway(gw)
@@ -106,3 +108,38 @@ def test_a_client_cannot_name_itself_to_another_keys_bucket(gateway: Gateway) ->
             response = http.post("/v1/embeddings", json=body,
                                  headers={"Authorization": f"Bearer {TEAM_A}", "x-aoai-client": "team-c"})
             assert response.status_code == 200
+
+
+def _preflight(http: httpx.Client, origin: str) -> httpx.Response:
+    return http.options("/v1/chat/completions", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os, openai-beta"})
+
+
+def test_envoy_answers_a_browsers_preflight_for_an_allowed_origin_only(gateway: Gateway, azure: EmulatorThread) -> None:
+    before = len(azure.requests())
+    with httpx.Client(base_url=gateway.http_url) as http:
+        allowed = _preflight(http, ALLOWED_ORIGIN)
+        assert allowed.status_code == 200  # no key needed: a preflight carries none, and reaches no Python
+        assert allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        assert "authorization" in allowed.headers["access-control-allow-headers"]
+        assert "POST" in allowed.headers["access-control-allow-methods"]
+        refused = _preflight(http, "http://elsewhere.localhost:3000")
+        assert "access-control-allow-origin" not in refused.headers
+    assert len(azure.requests()) == before
+
+
+def test_answers_to_an_allowed_origin_carry_cors_headers_streams_and_errors_too(gateway: Gateway) -> None:
+    headers = {"Origin": ALLOWED_ORIGIN, "Authorization": f"Bearer {TEAM_A}"}
+    with httpx.Client(base_url=gateway.http_url) as http:
+        with http.stream("POST", "/v1/chat/completions", headers=headers,
+                         json={"model": "gpt-4o", "messages": MESSAGES, "stream": True}) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+            assert "retry-after" in stream.headers["access-control-expose-headers"]
+            assert b"[DONE]" in b"".join(stream.iter_bytes())
+        error = http.post("/v1/chat/completions", headers={"Origin": ALLOWED_ORIGIN}, json={"model": "gpt-4o"})
+        assert error.status_code == 401 and error.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        other = http.post("/v1/chat/completions", headers={**headers, "Origin": "http://elsewhere.localhost:3000"},
+                          json={"model": "gpt-4o", "messages": MESSAGES})
+        assert "access-control-allow-origin" not in other.headers  # the browser withholds the answer
