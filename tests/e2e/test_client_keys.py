@@ -4,11 +4,20 @@ out, decided before anything reaches Azure (the emulator's journal shows what di
 from __future__ import annotations
 
 import hashlib
+import http.server
+import shutil
+import threading
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from extproc.runtime.processes import free_port
 
 from .conftest import SERVER_KEY, EmulatorThread, Gateway, start_gateway, stop_gateway
 
@@ -17,6 +26,8 @@ TEAM_B = "sk-aoai-e2e-team-b"
 TEAM_C = "sk-aoai-e2e-team-c"  # requests_per_minute: 3
 MESSAGES = [{"role": "user", "content": "Hello"}]
 ALLOWED_ORIGIN = "http://chat-app.localhost:3000"
+PAGE_PORT = free_port()  # the browser test's page: an origin the gateway allows
+BROWSER_ORIGIN = f"http://127.0.0.1:{PAGE_PORT}"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +38,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, ups
                                 f"{{name: team-b, key_sha256: {team_b}, models: [text-embedding-3-small]}}, "
                                 f"{{name: team-c, key_sha256: {hashlib.sha256(TEAM_C.encode()).hexdigest()}, "
                                 f"requests_per_minute: 3}}]}}"),
-                       cors=f"{{allowed_origins: ['{ALLOWED_ORIGIN}']}}",
+                       cors=f"{{allowed_origins: ['{ALLOWED_ORIGIN}', '{BROWSER_ORIGIN}']}}",
                        env={"TEAM_A_KEY": TEAM_A})
     yield gw
     stop_gateway(gw)
@@ -143,3 +154,88 @@ def test_answers_to_an_allowed_origin_carry_cors_headers_streams_and_errors_too(
         other = http.post("/v1/chat/completions", headers={**headers, "Origin": "http://elsewhere.localhost:3000"},
                           json={"model": "gpt-4o", "messages": MESSAGES})
         assert "access-control-allow-origin" not in other.headers  # the browser withholds the answer
+
+
+PAGE = """<!doctype html><html><body><pre id="out">running</pre><script>
+(async () => {
+  const out = document.getElementById("out");
+  try {
+    const response = await fetch(GATEWAY + "/v1/chat/completions", {
+      method: "POST",
+      headers: {"Authorization": "Bearer " + KEY, "Content-Type": "application/json", "x-stainless-os": "browser"},
+      body: JSON.stringify({model: "gpt-4o", stream: true, messages: [{role: "user", content: "Hello"}]}),
+    });
+    const reader = response.body.getReader();
+    let text = "";
+    for (;;) {
+      const {done, value} = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    out.textContent = "status " + response.status + " x-request-id-exposed " +
+      (response.headers.get("x-request-id") !== null) + "\\n" + text;
+  } catch (error) {
+    out.textContent = "blocked: " + error;
+  }
+})();
+</script></body></html>"""
+
+
+class PageServer:
+    """Serves PAGE on its own origin (http://127.0.0.1:PORT), as a chat web app's server would."""
+
+    def __init__(self, port: int, gateway_url: str, key: str) -> None:
+        body = PAGE.replace("GATEWAY", repr(gateway_url)).replace("KEY", repr(key)).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _browser():  # noqa: ANN202 - selenium's WebDriver
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "Debian's chromium and chromium-driver are needed (scripts/setup.sh --test installs them)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def _result(browser) -> str:  # noqa: ANN001
+    WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "out").text != "running")
+    return browser.find_element(By.ID, "out").text
+
+
+def test_a_browser_app_on_an_allowed_origin_streams_a_chat_and_another_origin_is_blocked(
+        gateway: Gateway, azure: EmulatorThread) -> None:
+    """Real headless Chromium: the preflight, the streamed answer read by the page, the exposed headers; a page
+    on an origin not allowed gets a network error and nothing reaches Azure."""
+    allowed, other = PageServer(PAGE_PORT, gateway.http_url, TEAM_A), PageServer(0, gateway.http_url, TEAM_A)
+    browser = _browser()
+    try:
+        before = len(azure.requests())
+        browser.get(allowed.url)
+        shown = _result(browser)
+        assert shown.startswith("status 200 x-request-id-exposed true"), shown
+        assert "data: [DONE]" in shown and '"content"' in shown
+        assert len(azure.requests()) == before + 1
+        browser.get(other.url)
+        assert _result(browser).startswith("blocked: TypeError")
+        assert len(azure.requests()) == before + 1  # the preflight failed: the POST was never sent
+    finally:
+        browser.quit()
+        allowed.server.shutdown()
+        other.server.shutdown()
