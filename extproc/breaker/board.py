@@ -1,9 +1,10 @@
-"""The trips board: each circuit's trip deadline (epoch seconds, 0.0 when never tripped) as an array
-of float64 in a small file, written by the breaker process and mapped read-only by every ext_proc
-worker. A worker's check is a memory read: no message, no lock, whatever the number of workers.
+"""The trips board: each circuit's trip deadline and when that trip began (epoch seconds, 0.0 when never
+tripped), two float64 per circuit in a small file, written by the breaker process and mapped read-only
+by every ext_proc worker. A worker's check is a memory read: no message, no lock, whatever the number
+of workers.
 
-An aligned 8-byte store is one instruction on the machines Envoy runs on, so a reader sees the old
-deadline or the new one, never half of each.
+An aligned 8-byte store is one instruction on the machines Envoy runs on, so a reader sees the old value
+or the new one, never half of each (the pair may be read across an update: harmless, see availability).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-SLOT = 8  # bytes per circuit (one float64)
-# Envoy learns of a trip's end from its next health check of the member (every 0.25 s, see
-# envoy/envoy.yaml); until then the ext_proc keeps counting the member as tripped, so that a request
-# it lets through finds the member back in Envoy's load balancer.
+SLOT = 16  # bytes per circuit: two float64, the deadline and the trip's start
+# Envoy learns of a trip, and of its end, from its next health check of the member (every 0.25 s, see
+# envoy/envoy.yaml). Until the end has reached Envoy the ext_proc keeps counting the member as tripped, so
+# that a request it lets through finds the member back in Envoy's load balancer; until the start has, the
+# member may still be picked.
 REOPEN_MARGIN_S = 0.5
 
 
@@ -48,16 +50,17 @@ class BoardWriter:
         self._slots = memoryview(self._map).cast("d")
         self._count = count
 
-    def publish(self, circuit: int, until: float) -> None:
-        self._slots[circuit] = until
+    def publish(self, circuit: int, until: float, since: float) -> None:
+        self._slots[2 * circuit + 1] = since
+        self._slots[2 * circuit] = until
 
     def clear(self) -> None:
-        for circuit in range(self._count):
-            self._slots[circuit] = 0.0
+        for index in range(2 * self._count):
+            self._slots[index] = 0.0
 
-    def deadlines(self) -> list[float]:
-        """What the file holds: a restarted breaker takes its predecessor's trips back."""
-        return [self._slots[circuit] for circuit in range(self._count)]
+    def trips(self) -> list[tuple[float, float]]:
+        """What the file holds, (until, since) per circuit: a restarted breaker takes the trips back."""
+        return [(self._slots[2 * c], self._slots[2 * c + 1]) for c in range(self._count)]
 
 
 class BoardReader:
@@ -74,12 +77,22 @@ class BoardReader:
         if self._slots is None and count:
             log.error("the circuit breaker's trips file %s is missing or short: only Envoy's view applies", path)
 
-    def availability(self, circuits: tuple[int, ...]) -> tuple[int, float]:
-        """(how many of the pool's members may be tried, and when none may: seconds until the first may)."""
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, int, float]:
+        """(members that may be tried; members Envoy may still pick, the trip's start or end not yet seen
+        by its health checks; when none may be tried: seconds until the first may)."""
         slots = self._slots
         if slots is None:
-            return len(circuits), 0.0
-        closed_before = time.time() - REOPEN_MARGIN_S
-        deadlines = [slots[circuit] for circuit in circuits]
-        open_members = sum(deadline <= closed_before for deadline in deadlines)
-        return open_members, 0.0 if open_members else min(deadlines) - closed_before
+            return len(circuits), len(circuits), 0.0
+        now = time.time()
+        open_members = pickable = 0
+        earliest = float("inf")
+        for circuit in circuits:
+            until, since = slots[2 * circuit], slots[2 * circuit + 1]
+            if until + REOPEN_MARGIN_S <= now:
+                open_members += 1
+                pickable += 1
+                continue
+            earliest = min(earliest, until)
+            if now - since < REOPEN_MARGIN_S or until <= now:
+                pickable += 1
+        return open_members, pickable, 0.0 if open_members else earliest + REOPEN_MARGIN_S - now

@@ -69,10 +69,12 @@ class BreakerService:
         self._board = board
         self._reopen: dict[int, asyncio.TimerHandle] = {}
         self._board_until: dict[int, float] = {}
+        self._board_since: dict[int, float] = {}
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
-        for circuit, until in enumerate(board.deadlines()):  # a restarted breaker keeps the trips
+        for circuit, (until, since) in enumerate(board.trips()):  # a restarted breaker keeps the trips
             self.breaker.restore(circuit, until)
             self._board_until[circuit] = until
+            self._board_since[circuit] = since
 
     def start(self) -> None:
         """Log the reopening of trips taken back from the board (needs the running loop)."""
@@ -99,8 +101,10 @@ class BreakerService:
 
     def _publish(self, trip: Trip, now: float) -> None:
         previous = self._board_until.get(trip.circuit, 0.0)
-        self._board.publish(trip.circuit, trip.until)
+        since = self._board_since.get(trip.circuit, now) if previous > now else now  # an extension keeps it
+        self._board.publish(trip.circuit, trip.until, since)
         self._board_until[trip.circuit] = trip.until
+        self._board_since[trip.circuit] = since
         # Tries in flight when a member trips fail too and extend the trip a little each: one line
         # for the trip, and one for an extension only when it moves the deadline a second or more.
         if trip.until - previous >= EXTENSION_LOGGED_S or previous <= now:
@@ -146,6 +150,7 @@ class BreakerService:
         self.breaker.reset()
         self._board.clear()
         self._board_until.clear()
+        self._board_since.clear()
         for handle in self._reopen.values():
             handle.cancel()
         self._reopen.clear()

@@ -28,14 +28,15 @@ class Limits:
 class TripBoard(Protocol):
     """The circuit breaker's trips as a worker sees them (extproc/breaker/board.py reads the clock)."""
 
-    def availability(self, circuits: tuple[int, ...]) -> tuple[int, float]:
-        """(how many of these circuits may be tried, and when none may: seconds until the first may)."""
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, int, float]:
+        """(how many of these circuits may be tried; how many Envoy may still pick, tripped ones it has not
+        yet seen tripped included; when none may be tried: seconds until the first may)."""
         ...
 
 
 class NoTrips:
-    def availability(self, circuits: tuple[int, ...]) -> tuple[int, float]:
-        return len(circuits), 0.0
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, int, float]:
+        return len(circuits), len(circuits), 0.0
 
 
 @dataclass(frozen=True)

@@ -182,11 +182,12 @@ class Translator:
             if member_route.model_in_body:
                 in_body.add(member.deployment)
         # After the credentials: a client without one gets its 401, not news of the pool's state.
-        open_members, wait = self._trips.availability(pool.circuits)
+        open_members, pickable, wait = self._trips.availability(pool.circuits)
         if not open_members:
             return errors.pool_tripped(model, wait)
-        # Envoy skips tripped members, and would try a member still in twice rather than try fewer times.
-        max_retries = min(open_members, pool.max_attempts) - 1 if open_members < len(pool.members) else None
+        # Envoy skips tripped members, and would try a member still in twice rather than try fewer times;
+        # a member whose trip its health checks have not seen yet may still be picked: it counts.
+        max_retries = min(pickable, pool.max_attempts) - 1 if pickable < len(pool.members) else None
         new_body = None
         if in_body:
             # Envoy resends the same body on every try: one name must do for every member reading it.

@@ -121,21 +121,35 @@ def test_the_board_carries_trips_from_the_breaker_to_every_reader(tmp_path: Path
     board.create(path, 3)
     readers = [board.BoardReader(path, 3) for _ in range(2)]  # two workers
     writer = board.BoardWriter(path, 3)
-    assert all(r.availability((0, 1)) == (2, 0.0) for r in readers)
-    writer.publish(0, time.time() + 30)
-    assert all(r.availability((0, 1)) == (1, 0.0) for r in readers)  # member 1 is still in
-    writer.publish(1, time.time() + 10)
+    assert all(r.availability((0, 1)) == (2, 2, 0.0) for r in readers)
+    now = time.time()
+    writer.publish(0, now + 30, now - 5)  # tripped 5 s ago: Envoy's health checks have seen it
+    assert all(r.availability((0, 1)) == (1, 1, 0.0) for r in readers)  # member 1 is still in
+    writer.publish(1, now + 10, now - 5)
     for reader in readers:
-        open_members, wait = reader.availability((0, 1))
-        assert open_members == 0 and 10 <= wait <= 10 + board.REOPEN_MARGIN_S  # the first back
+        open_members, pickable, wait = reader.availability((0, 1))
+        assert (open_members, pickable) == (0, 0) and 10 <= wait <= 10 + board.REOPEN_MARGIN_S  # the first back
     # A restarted breaker process takes the trips back from the file.
-    assert board.BoardWriter(path, 3).deadlines()[:2] == writer.deadlines()[:2]
+    assert board.BoardWriter(path, 3).trips()[:2] == writer.trips()[:2] == [(now + 30, now - 5), (now + 10, now - 5)]
     board.create(path, 3)  # a restarted supervisor zeroes the file in place: mapped readers see it
-    assert all(r.availability((0, 1)) == (2, 0.0) for r in readers)
+    assert all(r.availability((0, 1)) == (2, 2, 0.0) for r in readers)
+
+
+def test_a_member_tripped_a_moment_ago_may_still_be_picked_by_envoy(tmp_path: Path) -> None:
+    """Envoy sees a trip at its next health check (0.25 s): until then the tripped member still counts for the
+    retries the ext_proc allows, so that a request Envoy sends to it can still fail over."""
+    path = tmp_path / "trips"
+    board.create(path, 2)
+    writer, reader = board.BoardWriter(path, 2), board.BoardReader(path, 2)
+    now = time.time()
+    writer.publish(0, now + 30, now)  # just tripped
+    assert reader.availability((0, 1)) == (1, 2, 0.0)
+    writer.publish(0, now - 0.1, now - 60)  # its trip just ended: Envoy may have it back already
+    assert reader.availability((0, 1)) == (1, 2, 0.0)
 
 
 def test_a_missing_board_leaves_the_decision_to_envoy(tmp_path: Path) -> None:
-    assert board.BoardReader(tmp_path / "absent", 2).availability((0, 1)) == (2, 0.0)
+    assert board.BoardReader(tmp_path / "absent", 2).availability((0, 1)) == (2, 2, 0.0)
 
 
 class FakeTrips:
@@ -144,11 +158,11 @@ class FakeTrips:
         self.open_members = open_members
         self.asked: list[tuple[int, ...]] = []
 
-    def availability(self, circuits: tuple[int, ...]) -> tuple[int, float]:
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, int, float]:
         self.asked.append(circuits)
         if self.open_members is not None:
-            return self.open_members, 0.0
-        return (0, self.wait) if self.wait else (len(circuits), 0.0)
+            return self.open_members, self.open_members, 0.0
+        return (0, 0, self.wait) if self.wait else (len(circuits), len(circuits), 0.0)
 
 
 def _decide(tmp_path: Path, trips: FakeTrips, model: str = "gpt-4o", **head: str) -> Forward | Reply:
@@ -188,6 +202,16 @@ def test_with_members_tripped_envoy_retries_only_as_often_as_members_are_left(
     mutation = body_forward_response(forward).request_body.response.header_mutation
     assert ("x-envoy-max-retries", str(retries).encode()) in {(h.header.key, h.header.raw_value)
                                                                for h in mutation.set_headers}
+
+
+class YoungTrip(FakeTrips):
+    def availability(self, circuits: tuple[int, ...]) -> tuple[int, int, float]:
+        return 1, 2, 0.0  # one member in, one tripped a moment ago (Envoy may still pick it), one out
+
+
+def test_a_member_envoy_may_still_pick_keeps_a_retry(tmp_path: Path) -> None:
+    forward = _decide(tmp_path, YoungTrip(0.0))
+    assert isinstance(forward, Forward) and forward.max_retries == 1
 
 
 def test_a_client_without_a_credential_gets_its_401_not_the_pools_state(tmp_path: Path) -> None:
@@ -255,7 +279,7 @@ def test_the_breaker_service_counts_a_request_once_per_member_and_answers_health
         assert again.breaker.state(0, now) is State.TRIPPED
         again.reset()
         assert again.breaker.state(0, now) is State.HEALTHY
-        assert board.BoardReader(path, len(config.circuits)).availability((0,)) == (1, 0.0)
+        assert board.BoardReader(path, len(config.circuits)).availability((0,)) == (1, 1, 0.0)
 
     asyncio.run(scenario())
 
