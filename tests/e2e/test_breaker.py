@@ -255,7 +255,8 @@ def test_a_hung_member_fails_over_after_the_try_timeout_and_trips(setup: Setup) 
 
 def test_a_stream_fails_over_to_an_openai_backend_with_openais_path_key_and_model(setup: Setup) -> None:
     _throttle(setup.emulators["a"], status=503)
-    with _client(setup) as client:
+    with openai.OpenAI(base_url=setup.gateway.http_url + "/v1", api_key=CLIENT_KEY, max_retries=0,
+                       organization="org-client", project="proj-client") as client:
         stream = client.chat.completions.create(model="mixed", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text
@@ -269,6 +270,8 @@ def test_a_stream_fails_over_to_an_openai_backend_with_openais_path_key_and_mode
     assert openai_try.headers["host"] == "127.0.0.1"  # the member's name (Envoy sends no port)
     for recorded in (azure, openai_try):
         assert CLIENT_KEY not in str(recorded.headers)
+        # The client's billing selectors never go with the gateway's key.
+        assert "openai-organization" not in recorded.headers and "openai-project" not in recorded.headers
 
 
 def test_an_error_that_is_not_a_failure_status_reaches_the_client_and_does_not_count(setup: Setup) -> None:
