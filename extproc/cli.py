@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="client keys: `keys new --name NAME` prints a new key and its config entry")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_commands.add_parser("new", help="print a new random client key (once) and the entry for clients.keys")
-    new.add_argument("--name", required=True, help="the client's name (logs and metrics show it)")
+    new.add_argument("--name", required=True, help="the client's name (its rate limit is kept under it)")
     new.add_argument("--models", help="comma-separated models the key may use (default: every model)")
     status = commands.add_parser("status", parents=[common],
                                  help="print each pool's members and their circuit breaker state (running gateway)")

@@ -26,8 +26,8 @@ def authorization_scheme(authorization: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """A client the gateway knows by its key: `name` shows in logs, `models` (None: every model) is
-    what it may use."""
+    """A client the gateway knows by its key: `name` keys its rate limit in Envoy, `models` (None: every
+    model) is what it may use."""
 
     name: str
     models: frozenset[str] | None = None

@@ -220,7 +220,7 @@ class ClientSettings(_Strict):
 class CorsSettings(_Strict):
     """Browser apps on these origins may call the gateway (Envoy answers the preflights; none: no CORS)."""
 
-    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$")]] = []
+    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[a-z0-9.\-\[\]:]+$")]] = []  # lower case: as browsers send
 
 
 class EndpointSettings(_Strict):

@@ -19,7 +19,7 @@ from ..auth.upstream import Headers
 from ..routing import Backend, Pool
 from . import errors
 from .bodies import BodyModel, model_name, read_model
-from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_UPLOAD_PREFIXES
+from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_DEPLOYMENTS_PREFIX, AZURE_UPLOAD_PREFIXES
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead, Try
 from .gateway import Gateway
 from .models_endpoint import ModelsEndpoint
@@ -93,17 +93,16 @@ class Translator:
             if endpoint is None:
                 endpoint = self._models_endpoints.setdefault(models, self._models_endpoint.only(models))
             return endpoint.answer(head.method, path)
-        if path.startswith("/openai/"):
-            lowered = path.lower()
+        # Azure's classic form only (the v1 surface reads the deployment from the body), without a
+        # `deployment` query parameter (realtime and others name it there).
+        if path.lower().startswith(AZURE_DEPLOYMENTS_PREFIX) and not query_values(query, "deployment"):
             allowed = self._deployments.get(models)
             if allowed is None:
-                allowed = self._deployments.setdefault(models, self._models.deployments_of(models))
-            for prefix in AZURE_DEPLOYMENT_PATH_PREFIXES:
-                if lowered.startswith(prefix):
-                    deployment = unquote(path[len(prefix) :].partition("/")[0])
-                    if deployment not in allowed:
-                        return errors.deployment_not_found(deployment, tuple(sorted(allowed)))
-                    return self._azure_form(head, path, query)
+                allowed = self._deployments.setdefault(models, self._models.default_backend_deployments_of(models))
+            deployment = unquote(path[len(AZURE_DEPLOYMENTS_PREFIX) :].partition("/")[0])
+            if deployment not in allowed:
+                return errors.deployment_not_found(deployment, tuple(sorted(allowed)))
+            return self._azure_form(head, path, query)
         return errors.NOT_FOR_RESTRICTED_KEYS
 
     def _credential(self, head: RequestHead, backend: Backend) -> Headers | Reply:

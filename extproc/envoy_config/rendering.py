@@ -180,6 +180,17 @@ def _cors(settings: Settings, listeners: list[dict[str, Any]]) -> None:
 
 
 CLIENT_HEADER = "x-aoai-client"  # extproc/processor/messages.py sets it with client keys
+MIN_FILL_MS = 50  # Envoy's finest token bucket refill
+
+
+def _refill(rate_per_minute: int) -> tuple[int, int]:
+    """(tokens, milliseconds) per refill giving exactly `rate_per_minute`: the fewest tokens whose interval is
+    a whole number of milliseconds, at least Envoy's 50 (60,000 ms is a whole number of refills of 1 at most)."""
+    for tokens in range(1, rate_per_minute + 1):
+        fill_ms, remainder = divmod(60_000 * tokens, rate_per_minute)
+        if not remainder and fill_ms >= MIN_FILL_MS:
+            return tokens, fill_ms
+    return rate_per_minute, 60_000  # unreachable: tokens = rate gives 60,000 ms
 
 
 def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
@@ -191,10 +202,10 @@ def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
     descriptors, retry_after = [], 1
     for key in limited:
         rate = key.requests_per_minute or 1
-        fill_s = max(0.05, 60 / rate)
+        tokens, fill_ms = _refill(rate)
         descriptors.append({"entries": [{"key": "client", "value": key.name}], "token_bucket": {
-            "max_tokens": rate, "tokens_per_fill": max(1, round(rate * fill_s / 60)), "fill_interval": _seconds(round(fill_s, 3))}})
-        retry_after = max(retry_after, math.ceil(fill_s))
+            "max_tokens": rate, "tokens_per_fill": tokens, "fill_interval": _seconds(fill_ms / 1000)}})
+        retry_after = max(retry_after, math.ceil(fill_ms / 1000))
     for listener in listeners:
         for hcm in _connection_managers(listener):
             if not settings.clients.keys:

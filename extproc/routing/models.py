@@ -90,14 +90,15 @@ class ModelMapper:
             return None
         return Target(self.default_backend, deployment) if is_deployment_name(deployment) else None
 
-    def deployments_of(self, models: frozenset[str]) -> frozenset[str]:
-        """The deployments that serve these models (pool members' included)."""
+    def default_backend_deployments_of(self, models: frozenset[str]) -> frozenset[str]:
+        """The deployments on the default backend that serve these models (Azure-form requests go there:
+        a pool member's name on another backend may name something else on the default one)."""
         names: set[str] = set()
         for model in models:
             target = self.target_for(model)
             if isinstance(target, Pool):
-                names.update(member.deployment for member in target.members)
-            elif target is not None:
+                names.update(m.deployment for m in target.members if m.backend is self.default_backend)
+            elif target is not None and target.backend is self.default_backend:
                 names.add(target.deployment)
         return frozenset(names)
 

@@ -119,6 +119,10 @@ def test_a_client_cannot_name_itself_to_another_keys_bucket(gateway: Gateway) ->
             response = http.post("/v1/embeddings", json=body,
                                  headers={"Authorization": f"Bearer {TEAM_A}", "x-aoai-client": "team-c"})
             assert response.status_code == 200
+        for name in ("team-a", "nobody", ""):  # team-c (empty bucket) naming itself otherwise: still limited
+            response = http.post("/v1/embeddings", json=body,
+                                 headers={"Authorization": f"Bearer {TEAM_C}", "x-aoai-client": name})
+            assert response.status_code == 429, name
 
 
 def _preflight(http: httpx.Client, origin: str) -> httpx.Response:

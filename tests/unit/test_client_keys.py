@@ -97,7 +97,8 @@ def test_a_key_with_a_model_list_gets_only_those_models(tmp_path: Path) -> None:
     allowed = t.on_headers(RequestHead("POST", "/openai/deployments/embed/embeddings?api-version=2024-10-21",
                                        "application/json", has_body=True, **b))
     assert isinstance(allowed, Forward)
-    for path in ("/v1/files", "/v1/batches", "/openai/files?api-version=2024-10-21"):
+    for path in ("/v1/files", "/v1/batches", "/openai/files?api-version=2024-10-21", "/v1/responses/resp_1",
+                 "/openai/v1/deployments/embed/embeddings", "/openai/deployments/embed/embeddings?deployment=chat"):
         refused = t.on_headers(RequestHead("GET", path, **b))
         assert isinstance(refused, Reply) and refused.status == 403, path
 
@@ -197,7 +198,34 @@ def test_requests_per_minute_is_one_envoy_token_bucket_per_key(tmp_path: Path) -
         {"entries": [{"key": "client", "value": "team-b"}],  # 100 a second: 5 every 50 ms, Envoy's finest
          "token_bucket": {"max_tokens": 6000, "tokens_per_fill": 5, "fill_interval": "0.05s"}},
     ]
+    from extproc.envoy_config.rendering import _refill
+
+    for rate in (1, 3, 7, 600, 1200, 1300, 1799, 1800, 2999, 5000, 6000, 123457, 6_000_000):
+        tokens, fill_ms = _refill(rate)
+        assert fill_ms >= 50 and tokens * 60_000 == rate * fill_ms, rate  # exactly the rate
     assert rate_limit["response_headers_to_add"][0]["header"] == {"key": "retry-after", "value": "20"}
     without = envoy_config.render(settings(tmp_path), None)  # keys, no rates: no filter, the header still removed
     assert "envoy.filters.http.local_ratelimit" not in [f["name"] for f in _http_filters(without)]
     assert "x-aoai-client" in orjson.dumps(without).decode()
+
+
+def test_a_key_limited_to_a_pool_cannot_name_a_same_named_deployment_on_the_default_backend(tmp_path: Path) -> None:
+    """Azure-form requests go to the default backend: a pool member's deployment name on another backend may
+    name another model there."""
+    text = f"""
+azure: {{endpoint: https://main.openai.azure.com, api_key: azure-key}}
+backends: {{east: {{endpoint: https://east.openai.azure.com, api_key: east-key}}}}
+models: {{gpt-4o: chat, cheap: [{{backend: east, deployment: chat}}]}}
+clients: {{keys: [{{name: team-b, key_sha256: {hashlib.sha256(TEAM_B_KEY.encode()).hexdigest()}, models: [cheap]}}]}}
+state_dir: {{state}}
+listen: {{https_port: null}}
+"""
+    t = Translator(compile_gateway(settings(tmp_path, text, env={})))
+    refused = t.on_headers(RequestHead("POST", "/openai/deployments/chat/chat/completions?api-version=2024-10-21",
+                                       "application/json", has_body=True, authorization=f"Bearer {TEAM_B_KEY}"))
+    assert isinstance(refused, Reply) and refused.status == 404
+
+
+def test_cors_origins_are_lower_case_as_browsers_send_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cors.allowed_origins"):
+        settings(tmp_path, CONFIG + "cors: {allowed_origins: ['https://Chat.example.com']}\n")
