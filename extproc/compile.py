@@ -38,10 +38,9 @@ def upstream_credential(name: str, backend: BackendSettings) -> UpstreamCredenti
 def _model_targets(settings: Settings, backends: dict[str, Backend]) -> dict[str, str | Pool]:
     """Each model's deployment, or its pool (numbered as rendering numbers them: `settings.pools`' order)."""
     targets: dict[str, str | Pool] = {m: t for m, t in settings.models.items() if isinstance(t, str)}
-    circuits = {pair: index for index, pair in enumerate(settings.circuits)}
     for index, (model, members) in enumerate(settings.pools.items()):
         targets[model] = Pool(pool_cluster_name(index), tuple(
-            PoolMember(str(i), backends[m.backend], m.deployment, circuits[(m.backend, m.deployment)])
+            PoolMember(str(i), backends[m.backend], m.deployment, settings.circuit_of(m))
             for i, m in enumerate(members)), settings.failover.max_attempts)
     return targets
 

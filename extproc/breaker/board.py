@@ -58,9 +58,13 @@ class BoardWriter:
         for index in range(2 * self._count):
             self._slots[index] = 0.0
 
+    def trip(self, circuit: int) -> tuple[float, float]:
+        """What the file holds for the circuit: (until, since)."""
+        return self._slots[2 * circuit], self._slots[2 * circuit + 1]
+
     def trips(self) -> list[tuple[float, float]]:
-        """What the file holds, (until, since) per circuit: a restarted breaker takes the trips back."""
-        return [(self._slots[2 * c], self._slots[2 * c + 1]) for c in range(self._count)]
+        """(until, since) per circuit: a restarted breaker takes the trips back."""
+        return [self.trip(circuit) for circuit in range(self._count)]
 
 
 class BoardReader:

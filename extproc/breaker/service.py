@@ -68,18 +68,14 @@ class BreakerService:
         self._settings = settings
         self._board = board
         self._reopen: dict[int, asyncio.TimerHandle] = {}
-        self._board_until: dict[int, float] = {}
-        self._board_since: dict[int, float] = {}
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
-        for circuit, (until, since) in enumerate(board.trips()):  # a restarted breaker keeps the trips
+        for circuit, (until, _since) in enumerate(board.trips()):  # a restarted breaker keeps the trips
             self.breaker.restore(circuit, until)
-            self._board_until[circuit] = until
-            self._board_since[circuit] = since
 
     def start(self) -> None:
         """Log the reopening of trips taken back from the board (needs the running loop)."""
         now = time.time()
-        for circuit, until in self._board_until.items():
+        for circuit, (until, _since) in enumerate(self._board.trips()):
             if until > now:
                 self._reopen[circuit] = asyncio.get_running_loop().call_later(until - now, self._reopened, circuit, until)
 
@@ -100,11 +96,10 @@ class BreakerService:
             self._publish(trip, now)
 
     def _publish(self, trip: Trip, now: float) -> None:
-        previous = self._board_until.get(trip.circuit, 0.0)
-        since = self._board_since.get(trip.circuit, now) if previous > now else now  # an extension keeps it
+        previous, since = self._board.trip(trip.circuit)
+        if previous <= now:  # a new trip; an extension keeps its start
+            since = now
         self._board.publish(trip.circuit, trip.until, since)
-        self._board_until[trip.circuit] = trip.until
-        self._board_since[trip.circuit] = since
         # Tries in flight when a member trips fail too and extend the trip a little each: one line
         # for the trip, and one for an extension only when it moves the deadline a second or more.
         if trip.until - previous >= EXTENSION_LOGGED_S or previous <= now:
@@ -130,12 +125,11 @@ class BreakerService:
         return self.breaker.state(int(number), now) is not State.TRIPPED
 
     def status(self, now: float) -> dict[str, Any]:
-        circuits = {pair: index for index, pair in enumerate(self._settings.circuits)}
         pools: dict[str, list[dict[str, Any]]] = {}
         for model, members in self._settings.pools.items():
             rows = []
             for member in members:
-                circuit = circuits[(member.backend, member.deployment)]
+                circuit = self._settings.circuit_of(member)
                 state = self.breaker.state(circuit, now)
                 row: dict[str, Any] = {"backend": member.backend, "deployment": member.deployment,
                                        "priority": member.priority, "weight": member.weight, "state": state.value}
@@ -149,8 +143,6 @@ class BreakerService:
     def reset(self) -> None:
         self.breaker.reset()
         self._board.clear()
-        self._board_until.clear()
-        self._board_since.clear()
         for handle in self._reopen.values():
             handle.cancel()
         self._reopen.clear()

@@ -386,6 +386,10 @@ class Settings(_Strict):
         process all number them from this one list)."""
         return tuple(dict.fromkeys((m.backend, m.deployment) for members in self.pools.values() for m in members))
 
+    def circuit_of(self, member: PoolMember) -> int:
+        """The number of a pool member's circuit in `circuits`."""
+        return self.circuits.index((member.backend, member.deployment))
+
     def endpoint(self, name: str) -> EndpointSettings:
         return self.endpoints.get(name, EndpointSettings())
 

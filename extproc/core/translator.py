@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable
 from urllib.parse import unquote
 
+from ..auth.client import ClientKeys
 from ..auth.upstream import Headers
 from ..routing import Backend, Pool
 from . import errors
@@ -59,12 +60,12 @@ class Translator:
 
     def on_headers(self, head: RequestHead) -> HeadersDecision:
         if self._clients is not None:
-            return self._client_key_first(head)
+            return self._client_key_first(head, self._clients)
         return self._decide(head)
 
-    def _client_key_first(self, head: RequestHead) -> HeadersDecision:
+    def _client_key_first(self, head: RequestHead, clients: ClientKeys) -> HeadersDecision:
         """Client keys: decided before anything else (a 401 reads no body, reaches nothing)."""
-        client = self._clients.identify(head.authorization, head.api_key) if self._clients is not None else None
+        client = clients.identify(head.authorization, head.api_key)
         if client is None:
             return errors.CLIENT_KEY_MISSING if not (head.authorization or head.api_key) else errors.CLIENT_KEY_UNKNOWN
         if client.models is None:

@@ -305,7 +305,6 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
     cluster = copy.deepcopy(model)
     cluster["name"] = name
     levels = {priority: level for level, priority in enumerate(sorted({m.priority for m in members}))}
-    circuits = {pair: index for index, pair in enumerate(settings.circuits)}
     breaker = {"pipe": {"path": str(settings.breaker_paths.http)}}
     by_level: dict[int, list[dict[str, Any]]] = {}
     matches = []
@@ -323,7 +322,7 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
             tls = copy.deepcopy(model["transport_socket"])
             tls["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"] = {"filename": str(backend.ca_file)}
             matches.append({"name": f"member-{i}", "match": {"member": str(i)}, "transport_socket": tls})
-        circuit = circuits[(member.backend, member.deployment)]
+        circuit = settings.circuit_of(member)
         metadata: dict[str, Any] = {"aoai": {"member": str(i), "circuit": str(circuit)}}
         if socket_match:
             metadata["envoy.transport_socket_match"] = socket_match

@@ -168,7 +168,7 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     level = logging.getLogger().getEffectiveLevel()
 
     def start(slot: int) -> BaseProcess:
-        if slot == len(paths):  # the last slot, with pools: the breaker (its state is lost if it dies)
+        if slot == len(paths):  # the last slot, with pools: the breaker (restarted, it reads its trips back)
             from .breaker_process import run_breaker
 
             return context.Process(target=run_breaker, args=(settings, os.getpid(), level), name="breaker")
