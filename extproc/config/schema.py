@@ -238,6 +238,10 @@ class ListenSettings(_Strict):
     https_port: Port | None = 8443
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Listening on loopback and holding a key without client keys, the gateway answers only requests
+    # whose Host is a loopback name (a DNS-rebinding web page names its own site there): other names it
+    # is reached by (a reverse proxy on this machine that keeps the client's Host), any port.
+    allowed_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?$")]] = []
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> ListenSettings:
@@ -348,8 +352,7 @@ class Settings(_Strict):
                 raise ValueError(f"models.{model}: its openai-type members name different models "
                                  f"({', '.join(sorted(openai_names))}); Envoy sends every member the same "
                                  "body, whose model can be only one of them")
-        held = [n for n, b in self.all_backends.items() if b.api_key is not None or b.api_key_file is not None]
-        if not _is_loopback(self.listen.address) and held and not self.clients.keys \
+        if not self.loopback_only and self.holds_credentials and not self.clients.keys \
                 and not self.clients.allow_unauthenticated:
             raise ValueError(
                 f"listen.address {self.listen.address!r} serves beyond this machine, and the gateway holds Azure keys "
@@ -374,6 +377,16 @@ class Settings(_Strict):
     def all_backends(self) -> dict[str, BackendSettings]:
         """Every upstream resource by name: the `azure:` section's (`default`) and `backends:`."""
         return {DEFAULT_BACKEND: self.azure, **self.backends}
+
+    @property
+    def holds_credentials(self) -> bool:
+        """Whether the gateway holds a credential of its own for some backend (anyone it serves spends it)."""
+        return any(b.api_key is not None or b.api_key_file is not None for b in self.all_backends.values())
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the listeners are reachable from this machine only."""
+        return _is_loopback(self.listen.address)
 
     @property
     def pools(self) -> dict[str, list[PoolMember]]:

@@ -11,6 +11,7 @@ import collections
 import copy
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -156,7 +157,35 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     _breaker_log(settings, resources, listeners)
     _client_keys(settings, listeners)
     _cors(settings, listeners)
+    _browser_guard(settings, listeners)
     return config
+
+
+RBAC_FILTER = "envoy.filters.http.rbac"
+
+
+def _browser_guard(settings: Settings, listeners: list[dict[str, Any]]) -> None:
+    """The rbac filter's lists: the allowed origins (none: any request naming an origin is refused), and the
+    allowed Host names, or no Host policy where the gateway is not a loopback one spending its own key."""
+    origins = [{"header": {"name": "origin", "string_match": {"exact": origin}}} for origin in settings.cors.allowed_origins]
+    guard_hosts = settings.loopback_only and settings.holds_credentials and not settings.clients.keys
+    hosts = [{"header": {"name": ":authority", "string_match": {"safe_regex": {
+        "regex": "(?i)" + re.escape(host) + "(:[0-9]+)?"}}}} for host in settings.listen.allowed_hosts]
+    done: set[int] = set()  # the HTTPS listener may share its filters with the HTTP one
+    for listener in listeners:
+        for http_filter in _http_filters(listener):
+            if http_filter["name"] != RBAC_FILTER or id(http_filter) in done:
+                continue
+            done.add(id(http_filter))
+            policies = http_filter["typed_config"]["rules"]["policies"]
+            rules = policies["foreign-origin"]["permissions"][0]["and_rules"]["rules"]
+            del rules[1:]
+            if origins:
+                rules.append({"not_rule": {"or_rules": {"rules": origins}}} if len(origins) > 1 else {"not_rule": origins[0]})
+            if guard_hosts:
+                policies["foreign-host"]["permissions"][0]["not_rule"]["or_rules"]["rules"].extend(hosts)
+            else:
+                del policies["foreign-host"]
 
 
 CORS_FILTER = "envoy.filters.http.cors"

@@ -132,8 +132,10 @@ def write_config(directory: Path, **sections: str) -> Path:
         "extproc": "{workers: 1}",
     }
     sections = {**defaults, **sections}
+    listen_options = sections.pop("listen_options", "")  # more of `listen:` (e.g. "allowed_hosts: [a]")
     lines = [
-        f"listen: {{address: 127.0.0.1, http_port: {http_port}, https_port: {https_port}}}",
+        f"listen: {{address: 127.0.0.1, http_port: {http_port}, https_port: {https_port}"
+        f"{', ' + listen_options if listen_options else ''}}}",
         f"envoy: {{admin_port: {admin_port}, concurrency: 1}}",
         f"state_dir: {directory / 'state'}",
         *(f"{key}: {value}" for key, value in sections.items()),

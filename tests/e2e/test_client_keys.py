@@ -4,21 +4,14 @@ out, decided before anything reaches Azure (the emulator's journal shows what di
 from __future__ import annotations
 
 import hashlib
-import http.server
-import shutil
-import threading
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
-
 from extproc.runtime.processes import free_port
 
+from .browser import PageServer, chromium, page_result
 from .conftest import SERVER_KEY, EmulatorThread, Gateway, start_gateway, stop_gateway
 
 TEAM_A = "sk-aoai-e2e-team-a"
@@ -185,61 +178,24 @@ PAGE = """<!doctype html><html><body><pre id="out">running</pre><script>
 </script></body></html>"""
 
 
-class PageServer:
-    """Serves PAGE on its own origin (http://127.0.0.1:PORT), as a chat web app's server would."""
-
-    def __init__(self, port: int, gateway_url: str, key: str) -> None:
-        body = PAGE.replace("GATEWAY", repr(gateway_url)).replace("KEY", repr(key)).encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self.send_response(200)
-                self.send_header("content-type", "text/html")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-def _browser():  # noqa: ANN202 - selenium's WebDriver
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "Debian's chromium and chromium-driver are needed (scripts/setup.sh --test installs them)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(driver))
-
-
-def _result(browser) -> str:  # noqa: ANN001
-    WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "out").text != "running")
-    return browser.find_element(By.ID, "out").text
-
-
 def test_a_browser_app_on_an_allowed_origin_streams_a_chat_and_another_origin_is_blocked(
         gateway: Gateway, azure: EmulatorThread) -> None:
     """Real headless Chromium: the preflight, the streamed answer read by the page, the exposed headers; a page
     on an origin not allowed gets a network error and nothing reaches Azure."""
-    allowed, other = PageServer(PAGE_PORT, gateway.http_url, TEAM_A), PageServer(0, gateway.http_url, TEAM_A)
-    browser = _browser()
+    page = PAGE.replace("GATEWAY", repr(gateway.http_url)).replace("KEY", repr(TEAM_A))
+    allowed, other = PageServer(page, PAGE_PORT), PageServer(page)
+    browser = chromium()
     try:
         before = len(azure.requests())
         browser.get(allowed.url)
-        shown = _result(browser)
+        shown = page_result(browser)
         assert shown.startswith("status 200 x-request-id-exposed true"), shown
         assert "data: [DONE]" in shown and '"content"' in shown
         assert len(azure.requests()) == before + 1
         browser.get(other.url)
-        assert _result(browser).startswith("blocked: TypeError")
+        assert page_result(browser).startswith("blocked: TypeError")
         assert len(azure.requests()) == before + 1  # the preflight failed: the POST was never sent
     finally:
         browser.quit()
-        allowed.server.shutdown()
-        other.server.shutdown()
+        allowed.stop()
+        other.stop()

@@ -72,7 +72,7 @@ def error_of(body: bytes) -> dict:
 def test_a_declared_length_over_the_limit_is_refused_at_once(hostile_gateway: Gateway, azure: EmulatorThread) -> None:
     before = len(azure.requests())
     status, headers, body, took = raw_http1(hostile_gateway, (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         f"Content-Length: 99999999999\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\r\n{{\"model\"").encode())
     assert status == 413 and error_of(body)["code"] == "request_too_large" and took < 5
     assert len(azure.requests()) == before
@@ -81,7 +81,7 @@ def test_a_declared_length_over_the_limit_is_refused_at_once(hostile_gateway: Ga
 def test_a_body_that_stops_arriving_gets_408(hostile_gateway: Gateway, azure: EmulatorThread) -> None:
     before = len(azure.requests())
     status, _, body, took = raw_http1(hostile_gateway, (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         "Content-Length: 4000\r\n\r\n{\"model\"").encode())
     assert status == 408 and error_of(body)["type"] == "invalid_request_error"
     # Envoy arms its timers from the event loop's cached clock, so one may fire a few ms early (CI saw 0.99991 s).
@@ -125,7 +125,7 @@ def test_credentials_in_other_headers_never_reach_azure(hostile_gateway: Gateway
 def test_a_transfer_encoding_envoy_refuses_is_the_clients_error(hostile_gateway: Gateway, azure: EmulatorThread) -> None:
     before = len(azure.requests())
     status, headers, body, _ = raw_http1(hostile_gateway, (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n").encode())
     assert 400 <= status < 600 and headers["content-type"].startswith("application/json")
     assert error_of(body)["type"] == "invalid_request_error", (status, body)
@@ -153,7 +153,7 @@ def test_a_slow_reader_holds_the_upstream_back(hostile_gateway: Gateway, azure: 
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.connect((host, int(port)))
-        sock.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
         got = len(sock.recv(65536))
         time.sleep(2)  # reads nothing more: Envoy must not read the rest from Azure meanwhile
         held = upstream_rx_bytes(hostile_gateway) - before

@@ -53,7 +53,7 @@ def h2_post(url: str, path: str, data: bytes | None, trailers: list[tuple[str, s
     host, port = url.removeprefix("http://").split(":")
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     connection.initiate_connection()
-    headers = [(":method", "POST"), (":path", path), (":scheme", "http"), (":authority", "gw"),
+    headers = [(":method", "POST"), (":path", path), (":scheme", "http"), (":authority", "localhost"),
                ("content-type", "application/json"), ("authorization", f"Bearer {CLIENT_KEY}")]
     connection.send_headers(1, headers, end_stream=data is None and trailers is None)
     if data is not None:

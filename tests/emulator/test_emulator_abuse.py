@@ -75,7 +75,7 @@ MALFORMED = {
     "header name with a space": http_request(headers=b"Bad Header: 1\r\n"),
     # (ends in a blank line: aiohttp's Python parser, unlike llhttp, waits for a whole line before refusing)
     "TLS handshake on the plain port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64 + b"\r\n\r\n",
-    "garbage request line": b"\x00\x01\x02 / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "garbage request line": b"\x00\x01\x02 / HTTP/1.1\r\nHost: localhost\r\n\r\n",
     "conflicting content lengths": http_request(headers=b"Content-Length: 3\r\n"),
     "broken chunked framing": http_request(headers=b"Transfer-Encoding: chunked\r\n", body=b"ZZ\r\nxx\r\n0\r\n\r\n")
     .replace(b"Content-Length: " + str(len(b"ZZ\r\nxx\r\n0\r\n\r\n")).encode() + b"\r\n", b""),

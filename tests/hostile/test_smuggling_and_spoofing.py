@@ -146,7 +146,7 @@ def hidden_request(rng: random.Random, marker: str) -> bytes:
         ("PUT", f"/openai/deployments/{marker}/chat/completions"),
     ])
     body = b'{"model": "secret-dep"}' if method == "POST" else b""
-    headers = f"{method} {path} HTTP/1.1\r\nHost: x\r\n{ROUTE_HEADER}: azure\r\nContent-Length: {len(body)}\r\n\r\n"
+    headers = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{ROUTE_HEADER}: azure\r\nContent-Length: {len(body)}\r\n\r\n"
     return headers.encode() + body
 
 

@@ -189,8 +189,9 @@ def test_paths_credentials_and_errors_are_hardened(tmp_path: Path, tls) -> None:
         assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
         assert hcm["request_headers_timeout"] == "10s" and hcm["request_timeout"] == "0s"
         names = [f["name"] for f in hcm["http_filters"]]
-        assert names == ["envoy.filters.http.ext_proc", "envoy.filters.http.header_mutation", "envoy.filters.http.router"]
-        removed = [m["remove"] for m in hcm["http_filters"][1]["typed_config"]["mutations"]["request_mutations"]]
+        assert names == ["envoy.filters.http.rbac", "envoy.filters.http.ext_proc", "envoy.filters.http.header_mutation",
+                         "envoy.filters.http.router"]
+        removed = [m["remove"] for m in hcm["http_filters"][2]["typed_config"]["mutations"]["request_mutations"]]
         assert removed == ["authorization", "proxy-authorization", "cookie", "x-api-key", "ocp-apim-subscription-key",
                            "x-goog-api-key"]
         assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "DROP_HEADER"
