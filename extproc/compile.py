@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from .auth.client import Client, ClientKeys
-from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, CredentialError, StaticApiKey, UpstreamCredential
+from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, CredentialError, EntraToken, StaticApiKey, UpstreamCredential
 from .config import BackendSettings, ConfigError, Settings
 from .core.catalogue import ENDPOINT_NAMES
 from .breaker.board import BoardReader
@@ -20,11 +20,14 @@ from .core.routes import EndpointOptions, RouteTable, compile_openai_routes, com
 from .routing import DEFAULT_BACKEND, Backend, ModelMapper, Pool, PoolMember, cluster_name, pool_cluster_name
 
 
-def upstream_credential(name: str, backend: BackendSettings) -> UpstreamCredential:
-    """The credential provider for a backend: a key file (re-read when it changes), a static key, or,
-    with neither, the client's own key (the Go proxy's behaviour)."""
+def upstream_credential(name: str, backend: BackendSettings, settings: Settings) -> UpstreamCredential:
+    """The credential provider for a backend: the Entra ID token the token process keeps, a key file (re-read
+    when it changes), a static key, or, with none, the client's own key (the Go proxy's behaviour)."""
     label = "azure" if name == DEFAULT_BACKEND else f"backends.{name}"
     bearer = backend.type == "openai"
+    entra = backend.entra_credential
+    if entra is not None:
+        return EntraToken(settings.token_path(entra), entra.label)
     if backend.api_key_file is not None:
         try:
             return ApiKeyFile(backend.api_key_file, f"{label}.api_key_file", bearer)
@@ -49,7 +52,7 @@ def compile_gateway(settings: Settings, created: int | None = None, trips: TripB
     """`created`: the time `/v1/models` reports (default: now); `trips`: the circuit breaker's board
     (default: the running breaker's file, when pools exist)."""
     backends = {
-        name: Backend(name, cluster_name(name), upstream_credential(name, backend))
+        name: Backend(name, cluster_name(name), upstream_credential(name, backend, settings))
         for name, backend in settings.all_backends.items()
     }
     models = ModelMapper(_model_targets(settings, backends), settings.unmapped_models, backends[DEFAULT_BACKEND])
@@ -79,6 +82,6 @@ def compile_gateway(settings: Settings, created: int | None = None, trips: TripB
     )
 
 
-def refreshable_credentials(gateway: Gateway) -> list[ApiKeyFile]:
-    """The providers whose source can change under a running worker (key files)."""
-    return [b.credential for b in gateway.backends.values() if isinstance(b.credential, ApiKeyFile)]
+def refreshable_credentials(gateway: Gateway) -> list[ApiKeyFile | EntraToken]:
+    """The providers whose source can change under a running worker (key files, Entra ID tokens)."""
+    return [b.credential for b in gateway.backends.values() if isinstance(b.credential, (ApiKeyFile, EntraToken))]

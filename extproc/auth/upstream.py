@@ -2,13 +2,16 @@
 
 Every provider answers `headers_for` from memory. `ApiKeyFile` reads its file when built and again
 from `refresh()` when the file has changed (a Kubernetes Secret volume is updated in place), which the
-worker calls on a timer, never on the request path.
+worker calls on a timer, never on the request path. `EntraToken` reads the token the token process
+publishes in the same way.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -34,9 +37,10 @@ class UpstreamCredential(Protocol):
     # Whether answers carrying these headers may be kept beyond their request (not a client's own key).
     reusable: bool
 
-    def headers_for(self, authorization: str, api_key: str) -> Headers | None:
+    def headers_for(self, authorization: str, api_key: str) -> Headers | TokenUnavailable | None:
         """The headers to set upstream, given the client's `Authorization` and `api-key` headers;
-        None when there is no credential for this request (a 401)."""
+        None when there is no credential for this request (a 401); TokenUnavailable when the gateway's
+        own Entra ID token is missing (a 503)."""
         ...
 
 
@@ -99,6 +103,63 @@ class ApiKeyFile:
             log.error("%s; keeping the key read before", problem)
             self._stamp = stamp
         return bool(self._headers)
+
+
+class TokenUnavailable:
+    """No Entra ID token to send (none fetched yet, or the last one expired while fetching failed): the request
+    gets a 503 naming the credential's kind. The token process logs the failures, once per streak."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+# A token this close to its expiry is not sent: it could expire on its way (the token process replaces
+# tokens minutes ahead; this matters only while it cannot get one).
+TOKEN_EXPIRY_MARGIN_S = 5.0
+
+
+class EntraToken:
+    """The Entra ID token the token process (extproc/identity) keeps for one credential, read from the file it
+    publishes: when the file changes (the worker's timer) and, lacking a valid token, on the request itself (a
+    stat: the first token is used as soon as it exists)."""
+
+    reusable = True
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self._path = path
+        self._stamp: tuple[int, ...] | None = None
+        self._headers: Headers = ()
+        self._valid_until = 0.0
+        self.unavailable = TokenUnavailable(kind)
+        self.refresh()
+
+    def headers_for(self, authorization: str, api_key: str) -> Headers | TokenUnavailable:
+        if time.time() < self._valid_until:
+            return self._headers
+        self.refresh()
+        return self._headers if time.time() < self._valid_until else self.unavailable
+
+    def refresh(self, *, strict: bool = False) -> bool:
+        """Re-read the token file if it changed; True when a valid token is held."""
+        try:
+            stat = os.stat(self._path)
+        except OSError:
+            return time.time() < self._valid_until
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                published = json.loads(self._path.read_bytes())
+                token, expires_on = published.get("token"), float(published.get("expires_on", 0))
+            except (OSError, ValueError, TypeError, AttributeError):
+                log.error("%s: unreadable; keeping the token read before", self._path)
+                return time.time() < self._valid_until
+            if isinstance(token, str) and token:
+                self._headers = (("authorization", "Bearer " + token),)
+                self._valid_until = expires_on - TOKEN_EXPIRY_MARGIN_S
+        return time.time() < self._valid_until
 
 
 class ClientKeyAsApiKey:

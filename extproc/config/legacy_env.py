@@ -57,6 +57,7 @@ LEGACY_ENV: tuple[EnvVariable, ...] = (
     EnvVariable(("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_TOKEN"), "azure.api_key", replaces="api_key_file"),
     EnvVariable(("AZURE_OPENAI_API_VERSION", "AZURE_OPENAI_APIVERSION"), "azure.api_version"),
     EnvVariable(("AZURE_OPENAI_CA_FILE",), "azure.ca_file"),
+    EnvVariable(("AZURE_OPENAI_AUTH",), "azure.auth"),  # entra: Entra ID tokens (DefaultAzureCredential)
     EnvVariable(("AZURE_MODEL_MAP",), "models", _model_map_json),
     EnvVariable(("AZURE_OPENAI_MODEL_MAPPER",), "models", _model_mapper),
     EnvVariable(("AOAI_GATEWAY_UNMAPPED_MODELS",), "unmapped_models"),

@@ -41,6 +41,71 @@ class _Strict(BaseModel):
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+EntraKind = Literal["default", "managed_identity", "workload_identity", "client_secret", "certificate"]
+ENTRA_KIND_LABELS: dict[str, str] = {
+    "default": "DefaultAzureCredential",
+    "managed_identity": "managed identity",
+    "workload_identity": "workload identity",
+    "client_secret": "service principal (client secret)",
+    "certificate": "service principal (certificate)",
+}
+
+
+class EntraSettings(_Strict):
+    """How the gateway gets Entra ID tokens for a backend (azure-identity). `kind` is inferred when left
+    out: a client secret or certificate is a service principal, `managed_identity_client_id` a user-assigned
+    managed identity, nothing DefaultAzureCredential's chain (environment, workload identity, managed
+    identity, then developer sign-ins such as `az login`)."""
+
+    kind: EntraKind | None = None
+    managed_identity_client_id: str | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None  # the name of the variable that holds the secret
+    client_secret_file: Path | None = None
+    certificate_file: Path | None = None  # PEM: the certificate and its private key
+    authority_host: str | None = None  # sovereign clouds (default: AZURE_AUTHORITY_HOST, else the public cloud)
+    scope: str = ENTRA_SCOPE
+
+    @model_validator(mode="after")
+    def _complete(self) -> EntraSettings:
+        kind = self.resolved_kind
+        secret = self.client_secret_env is not None or self.client_secret_file is not None
+        if self.client_secret_env is not None and self.client_secret_file is not None:
+            raise ValueError("give client_secret_env or client_secret_file, not both")
+        if kind == "client_secret" and not secret:
+            raise ValueError("kind client_secret needs client_secret_env or client_secret_file")
+        if kind == "certificate" and self.certificate_file is None:
+            raise ValueError("kind certificate needs certificate_file")
+        if kind in ("client_secret", "certificate") and not (self.tenant_id and self.client_id):
+            raise ValueError(f"a service principal ({kind}) needs tenant_id and client_id")
+        if secret and kind != "client_secret" or self.certificate_file is not None and kind != "certificate":
+            raise ValueError(f"kind {kind} takes no client secret or certificate")
+        if self.managed_identity_client_id is not None and kind not in ("managed_identity", "default"):
+            raise ValueError(f"kind {kind} takes no managed_identity_client_id")
+        if self.authority_host is not None and not self.authority_host.startswith("https://"):
+            raise ValueError("authority_host must be an https:// URL such as https://login.microsoftonline.us")
+        return self
+
+    @property
+    def resolved_kind(self) -> str:
+        if self.kind is not None:
+            return self.kind
+        if self.client_secret_env is not None or self.client_secret_file is not None:
+            return "client_secret"
+        if self.certificate_file is not None:
+            return "certificate"
+        if self.managed_identity_client_id is not None:
+            return "managed_identity"
+        return "default"
+
+    @property
+    def label(self) -> str:
+        """What the credential is, for messages (never what it holds)."""
+        return ENTRA_KIND_LABELS[self.resolved_kind]
+
+
 class BackendSettings(_Strict):
     """One upstream resource: the `azure:` section (the backend named `default`) or one of `backends:`.
     `type: openai` is OpenAI itself or an OpenAI-compatible API (pool members only): `/v1/{op}`, the
@@ -52,6 +117,10 @@ class BackendSettings(_Strict):
     api_key_file: Path | None = None
     api_version: str = DEFAULT_API_VERSION
     ca_file: Path | None = None
+    # api_key: the key above (none: each client's own key is sent on); entra: Entra ID tokens (`entra:` says
+    # which credential; none: DefaultAzureCredential), sent as `Authorization: Bearer`.
+    auth: Literal["api_key", "entra"] = "api_key"
+    entra: EntraSettings | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -76,7 +145,29 @@ class BackendSettings(_Strict):
     def _one_key_source(self) -> BackendSettings:
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("give api_key or api_key_file, not both")
+        if self.entra is not None and self.auth != "entra":
+            if "auth" in self.model_fields_set:
+                raise ValueError("entra: is set but auth is api_key")
+            object.__setattr__(self, "auth", "entra")  # an `entra:` section says it
+        if self.auth == "entra":
+            if self.api_key is not None or self.api_key_file is not None:
+                raise ValueError("auth entra sends Entra ID tokens, not a key: remove api_key/api_key_file "
+                                 "(or AZURE_OPENAI_API_KEY), or use auth: api_key")
+            if self.type == "openai":
+                raise ValueError("an openai-type backend takes its API key, not Entra ID tokens")
         return self
+
+    @property
+    def entra_credential(self) -> EntraSettings | None:
+        """The Entra ID credential of an `auth: entra` backend (DefaultAzureCredential when not spelled out)."""
+        if self.auth != "entra":
+            return None
+        return self.entra or EntraSettings()
+
+    @property
+    def holds_credential(self) -> bool:
+        """Whether the gateway authenticates to this backend itself (a key or Entra ID)."""
+        return self.api_key is not None or self.api_key_file is not None or self.auth == "entra"
 
     @field_validator("api_key")
     @classmethod
@@ -361,7 +452,7 @@ class Settings(_Strict):
                 "decides who connects (a network policy, a private network), set clients.allow_unauthenticated: true")
         if self.clients.keys:
             # The client's key is the gateway's; it cannot also be the one sent on to Azure.
-            passing = sorted(n for n, b in self.all_backends.items() if b.api_key is None and b.api_key_file is None)
+            passing = sorted(n for n, b in self.all_backends.items() if not b.holds_credential)
             if passing:
                 raise ValueError(f"clients.keys: backend {passing[0]!r} has no key of its own (it would send each "
                                  "client's key on to Azure); with client keys every backend needs its key")
@@ -381,7 +472,7 @@ class Settings(_Strict):
     @property
     def holds_credentials(self) -> bool:
         """Whether the gateway holds a credential of its own for some backend (anyone it serves spends it)."""
-        return any(b.api_key is not None or b.api_key_file is not None for b in self.all_backends.values())
+        return any(b.holds_credential for b in self.all_backends.values())
 
     @property
     def loopback_only(self) -> bool:
@@ -439,6 +530,23 @@ class Settings(_Strict):
 
     def socket_paths(self) -> list[Path]:
         return [self.socket_dir / f"extproc-{i}.sock" for i in range(self.worker_count)]
+
+    @property
+    def entra_credentials(self) -> tuple[EntraSettings, ...]:
+        """Each distinct Entra ID credential the backends use, once (backends with the same one share its
+        token): the token process keeps one token each, the workers read them by position here."""
+        return tuple(dict.fromkeys(b.entra_credential for b in self.all_backends.values()
+                                   if b.entra_credential is not None))
+
+    def token_path(self, credential: EntraSettings) -> Path:
+        """Where the token process publishes this credential's token for the workers."""
+        return self.socket_dir / f"entra-{self.entra_credentials.index(credential)}.token"
+
+    @property
+    def entra_ready_path(self) -> Path:
+        """Made by the token process once it has asked for every token once (got it or not): `up` and the health
+        check wait for it, so that the first requests do not find the gateway without a token."""
+        return self.socket_dir / "entra.ready"
 
     @property
     def breaker_paths(self) -> BreakerPaths:

@@ -22,6 +22,8 @@ class RequestHead(NamedTuple):
     api_key: str = ""
     has_body: bool = False
     content_length: int = -1  # the declared Content-Length; -1 when none (HTTP/2 may omit it)
+    # Azure's header naming the deployment the Responses API's image tool calls: a deployment by another road.
+    image_deployment: str = ""
 
 
 class Try(NamedTuple):

@@ -95,6 +95,17 @@ NOT_FOR_RESTRICTED_KEYS = error(
 )
 
 
+def upstream_auth_unavailable(kind: str) -> Reply:
+    """The gateway holds no valid Entra ID token for the backend (the token process's log says why)."""
+    return error(
+        503,
+        f"The gateway could not get an Entra ID token for Azure ({kind}); nothing was sent to Azure. "
+        "Try again shortly; the gateway's log says what failed.",
+        type="server_error",
+        code="upstream_auth_unavailable",
+    )
+
+
 def missing_api_key(authorization: str) -> Reply:
     """The 401 for a request with no key to send upstream, saying what the client did send."""
     if authorization.strip():

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from ..auth.client import ClientKeys
 from ..auth.upstream import Headers
-from ..routing import Backend, Pool
+from ..routing import Backend, Pool, Target
 from . import errors
 from .bodies import BodyModel, model_name, read_model
 from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_DEPLOYMENTS_PREFIX, AZURE_UPLOAD_PREFIXES
@@ -47,6 +47,8 @@ class Translator:
         # /v1/models as each key with a model list sees it (built once per list).
         self._models_endpoints: dict[frozenset[str], ModelsEndpoint] = {}
         self._deployments: dict[frozenset[str], frozenset[str]] = {}  # of each list's models
+        self._auth_unavailable: dict[str, Reply] = {}  # by credential kind
+        self._deployments_by_backend: dict[tuple[frozenset[str], str], frozenset[str]] = {}  # ... on one backend
         # (bare path or None, prefix, handler): the first the path equals or starts with.
         families: list[tuple[str | None, str, _Family]] = [
             ("/v1/models", "/v1/models/", lambda head, path, _query: self._models_endpoint.answer(head.method, path)),
@@ -74,6 +76,8 @@ class Translator:
         return _named(self._restricted(head, path, query, client.models), client.name)
 
     def _decide(self, head: RequestHead) -> HeadersDecision:
+        if head.image_deployment and not self._models.allows_deployment(head.image_deployment):
+            return errors.deployment_not_found(head.image_deployment, self._models.known_deployments)
         path, _, query = head.path.partition("?")
         route = self._body_routes.get(path)
         if route is not None:
@@ -101,15 +105,20 @@ class Translator:
             if allowed is None:
                 allowed = self._deployments.setdefault(models, self._models.default_backend_deployments_of(models))
             deployment = unquote(path[len(AZURE_DEPLOYMENTS_PREFIX) :].partition("/")[0])
-            if deployment not in allowed:
-                return errors.deployment_not_found(deployment, tuple(sorted(allowed)))
+            for named in (deployment, head.image_deployment) if head.image_deployment else (deployment,):
+                if named not in allowed:
+                    return errors.deployment_not_found(named, tuple(sorted(allowed)))
             return self._azure_form(head, path, query)
         return errors.NOT_FOR_RESTRICTED_KEYS
 
     def _credential(self, head: RequestHead, backend: Backend) -> Headers | Reply:
         """The headers that authenticate the request to `backend`, or the 401 refusing it."""
         credential = backend.credential.headers_for(head.authorization, head.api_key)
-        return errors.missing_api_key(head.authorization) if credential is None else credential
+        if type(credential) is tuple:
+            return credential
+        if credential is None:
+            return errors.missing_api_key(head.authorization)
+        return self._auth_unavailable.setdefault(credential.kind, errors.upstream_auth_unavailable(credential.kind))
 
     # --- endpoints whose model is in the body ---------------------------------------------------
 
@@ -150,6 +159,8 @@ class Translator:
             if self._models.rejects_unknown:
                 return errors.model_not_found(model, self._models.known_models)
             return errors.not_a_deployment_name(model)
+        if (refused := self._other_deployments_refused(head, found, target, allowed)) is not None:
+            return refused
         if isinstance(target, Pool):
             return self._to_pool(head, route, query, body, found, model, target)
         if target.backend is not self._models.default_backend:
@@ -162,6 +173,37 @@ class Translator:
             if isinstance(new_body, Reply):
                 return new_body
         return Forward(route.path_for(target.deployment, query), credential, target.backend.cluster, new_body)
+
+    def _other_deployments_refused(self, head: RequestHead, found: BodyModel, target: Target | Pool,
+                                   allowed: frozenset[str] | None) -> Reply | None:
+        """Deployments a request names besides its model (the image tool's header or body entry, "on your
+        data"'s embedding deployment): a key with a model list may name only its models' deployments on the
+        backends the request goes to, and `unmapped_models: reject` only mapped ones."""
+        named = _other_deployments(found.document)
+        if head.image_deployment:
+            named.append((head.image_deployment, False))
+        if not named:
+            return None
+        backends = {m.backend for m in target.members} if isinstance(target, Pool) else {target.backend}
+        for deployment, may_be_model in named:
+            if may_be_model and (deployment in allowed if allowed is not None else
+                                 not self._models.rejects_unknown or deployment in self._models.known_models):
+                continue
+            if allowed is not None:
+                for backend in backends:
+                    permitted = self._deployments_on(allowed, backend)
+                    if deployment not in permitted:
+                        return errors.deployment_not_found(deployment, tuple(sorted(permitted)))
+            if not self._models.allows_deployment(deployment):
+                return errors.deployment_not_found(deployment, self._models.known_deployments)
+        return None
+
+    def _deployments_on(self, models: frozenset[str], backend: Backend) -> frozenset[str]:
+        key = (models, backend.name)
+        permitted = self._deployments_by_backend.get(key)
+        if permitted is None:
+            permitted = self._deployments_by_backend.setdefault(key, self._models.deployments_of(models, backend))
+        return permitted
 
     def _to_pool(self, head: RequestHead, route: BodyRoute, query: str, body: bytes, found: BodyModel,
                  model: str, pool: Pool) -> BodyDecision:
@@ -299,6 +341,29 @@ def _named(decision: HeadersDecision, client: str) -> HeadersDecision:
 
 def _named_body(decision: BodyDecision, client: str) -> BodyDecision:
     return decision._replace(client=client) if isinstance(decision, Forward) else decision
+
+
+def _other_deployments(document: dict[str, object] | None) -> list[tuple[str, bool]]:
+    """The deployments a JSON body names besides its model, each with whether it may be a model's name
+    instead: chat's "on your data" embedding deployment (`data_sources[].parameters.embedding_dependency.
+    deployment_name`) and the Responses API's image tool (`tools[]` of type image_generation, its `model`)."""
+    named: list[tuple[str, bool]] = []
+    if document is None:
+        return named
+    sources = document.get("data_sources")
+    for source in sources if isinstance(sources, list) else ():
+        parameters = source.get("parameters") if isinstance(source, dict) else None
+        dependency = parameters.get("embedding_dependency") if isinstance(parameters, dict) else None
+        name = dependency.get("deployment_name") if isinstance(dependency, dict) else None
+        if isinstance(name, str) and name:
+            named.append((name, False))
+    tools = document.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and tool.get("type") == "image_generation":
+            name = tool.get("model")
+            if isinstance(name, str) and name:
+                named.append((name, True))
+    return named
 
 
 def _names_no_model(found: BodyModel) -> bool:

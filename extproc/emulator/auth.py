@@ -6,10 +6,13 @@ from __future__ import annotations
 import hmac
 from typing import Mapping
 
-from .errors import openai_unauthorized, unauthorized
+import jwt
+
+from .errors import local_auth_disabled, openai_unauthorized, token_unauthorized, unauthorized
 from .settings import EmulatorSettings
 
 V1_PREFIX = "/openai/v1/"
+ENTRA_AUDIENCE = "https://cognitiveservices.azure.com"
 
 
 def _matches(candidate: str, accepted: tuple[str, ...]) -> bool:
@@ -31,7 +34,13 @@ def check_auth(headers: Mapping[str, str], path: str, settings: EmulatorSettings
             raise openai_unauthorized(token)
         return
     api_key = headers.get("api-key")
+    if api_key is not None and settings.local_auth_disabled:
+        raise local_auth_disabled()
     if api_key is not None and _matches(api_key, settings.api_keys):
+        return
+    if token is not None and settings.entra_public_key_pem is not None:
+        if not _valid_entra_token(token, settings.entra_public_key_pem):
+            raise token_unauthorized()
         return
     if token is not None:
         accepted = settings.bearer_tokens
@@ -41,3 +50,13 @@ def check_auth(headers: Mapping[str, str], path: str, settings: EmulatorSettings
         if _matches(token, accepted):
             return
     raise unauthorized()
+
+
+def _valid_entra_token(token: str, public_key_pem: bytes) -> bool:
+    """An Entra ID access token for Azure OpenAI: signed by the key, for its audience, within its lifetime."""
+    try:
+        jwt.decode(token, public_key_pem, algorithms=["RS256"], audience=ENTRA_AUDIENCE,
+                   options={"require": ["exp", "aud"]})
+    except jwt.InvalidTokenError:
+        return False
+    return True

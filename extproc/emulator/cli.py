@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import ssl
+from pathlib import Path
 from typing import Callable, Coroutine
 
 from .server import start_emulator
@@ -41,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bearer-token", action="append", dest="bearer_tokens", help="accepted bearer token (repeatable)"
+    )
+    parser.add_argument(
+        "--entra-public-key", metavar="PEM",
+        help="Entra ID mode: accept bearer JWTs signed (RS256) by this public key's private key, for the audience "
+             "https://cognitiveservices.azure.com, unexpired",
+    )
+    parser.add_argument(
+        "--disable-local-auth", action="store_true",
+        help="refuse api-key authentication with Azure's 403 (the resource's disableLocalAuth)",
     )
     parser.add_argument(
         "--deployment",
@@ -89,6 +99,8 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
     return EmulatorSettings(
         api_keys=tuple(args.api_keys or (DEFAULT_API_KEY,)),
         bearer_tokens=tuple(args.bearer_tokens or ()),
+        entra_public_key_pem=Path(args.entra_public_key).read_bytes() if args.entra_public_key else None,
+        local_auth_disabled=args.disable_local_auth,
         deployments={**(dict(args.deployments) if args.deployments else DEFAULT_DEPLOYMENTS), **dict(args.added_deployments)},
         host=args.host,
         port=args.port,

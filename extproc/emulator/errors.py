@@ -36,6 +36,20 @@ def unauthorized() -> AzureError:
     return AzureError(401, {"code": "401", "message": UNAUTHORIZED_MESSAGE})
 
 
+# What Azure OpenAI answers for a bearer token it does not accept.
+TOKEN_UNAUTHORIZED_MESSAGE = ("Unauthorized. Access token is missing, invalid, audience is incorrect "
+                              "(https://cognitiveservices.azure.com), or have expired.")
+
+
+def token_unauthorized() -> AzureError:
+    return AzureError(401, {"code": "401", "message": TOKEN_UNAUTHORIZED_MESSAGE})
+
+
+def local_auth_disabled() -> AzureError:
+    return AzureError(403, {"code": "AuthenticationTypeDisabled",
+                            "message": "Key based authentication is disabled for this resource."})
+
+
 def resource_not_found() -> AzureError:
     return AzureError(404, {"code": "404", "message": "Resource not found"})
 

@@ -100,6 +100,11 @@ class EmulatorSettings:
     api_keys: tuple[str, ...] = (DEFAULT_API_KEY,)
     # Accepted `Authorization: Bearer` tokens, a stand-in for Entra ID tokens.
     bearer_tokens: tuple[str, ...] = ()
+    # Entra ID mode: bearer tokens are JWTs signed (RS256) by the key this PEM public key belongs to, for the
+    # audience https://cognitiveservices.azure.com, not expired; anything else gets Azure's 401 for tokens.
+    entra_public_key_pem: bytes | None = None
+    # Azure's disableLocalAuth: an `api-key` gets 403 (only Entra ID tokens are accepted).
+    local_auth_disabled: bool = False
     # Deployment name -> underlying model name.
     deployments: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_DEPLOYMENTS))
     api_versions: frozenset[str] = DEFAULT_API_VERSIONS

@@ -158,7 +158,30 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     _client_keys(settings, listeners)
     _cors(settings, listeners)
     _browser_guard(settings, listeners)
+    if not settings.entra_credentials:
+        _without_upstream_authorization(listeners)
     return config
+
+
+UPSTREAM_AUTHORIZATION_HEADER = "x-aoai-upstream-authorization"  # extproc/processor/messages.py
+
+
+def _without_upstream_authorization(listeners: list[dict[str, Any]]) -> None:
+    """No backend uses Entra ID: the mutations that carry its token past the credential removal go (the
+    config is then what it was before Entra ID)."""
+    def carries(mutation: dict[str, Any]) -> bool:
+        return mutation.get("remove") == UPSTREAM_AUTHORIZATION_HEADER or \
+            UPSTREAM_AUTHORIZATION_HEADER in str(mutation.get("append", {}).get("header", {}).get("value", ""))
+
+    for listener in listeners:
+        for hcm in _connection_managers(listener):
+            for early in hcm.get("early_header_mutation_extensions", []):
+                mutations = early["typed_config"]["mutations"]
+                mutations[:] = [m for m in mutations if not carries(m)]
+            for http_filter in hcm["http_filters"]:
+                if http_filter["name"] == "envoy.filters.http.header_mutation":
+                    mutations = http_filter["typed_config"]["mutations"]["request_mutations"]
+                    mutations[:] = [m for m in mutations if not carries(m)]
 
 
 RBAC_FILTER = "envoy.filters.http.rbac"

@@ -13,10 +13,12 @@ from ..routing import POOL_METADATA_NAMESPACE
 
 ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstream; clients' copies are stripped
 CLIENT_HEADER = "x-aoai-client"  # the client key's name: Envoy's rate limit reads it, then it is removed
+UPSTREAM_AUTHORIZATION_HEADER = "x-aoai-upstream-authorization"  # the gateway's Entra ID token, on its way
 # The client's credentials never reach upstream; a header the upstream credential sets is overwritten,
 # never removed and re-added.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key")
 REPLY_DETAILS = "aoai_gateway_reply"
+IMAGE_DEPLOYMENT_HEADER = "x-ms-oai-image-generation-deployment"  # Azure's: the image tool's deployment
 
 
 # A mode override replaces the whole mode (unset header modes mean SEND): spell every field out.
@@ -48,7 +50,7 @@ def _encode(value: str) -> bytes:
 def request_head(headers: pb.HttpHeaders) -> RequestHead:
     """Pick the few headers the core reads, in one pass (Envoy's forward_rules send only these).
     Each attribute read of a protobuf message costs about a microsecond here: each is read once."""
-    method = path = content_type = authorization = api_key = ""
+    method = path = content_type = authorization = api_key = image_deployment = ""
     content_length = -1
     for header in headers.headers.headers:
         key = header.key
@@ -66,7 +68,10 @@ def request_head(headers: pb.HttpHeaders) -> RequestHead:
             api_key = value
         elif key == "content-length" and raw.isdigit():  # Envoy has checked it is one number
             content_length = int(raw)
-    return RequestHead(method, path, content_type, authorization, api_key, not headers.end_of_stream, content_length)
+        elif key == IMAGE_DEPLOYMENT_HEADER:
+            image_deployment = value
+    return RequestHead(method, path, content_type, authorization, api_key, not headers.end_of_stream, content_length,
+                       image_deployment)
 
 
 def _header(key: str, value: str) -> HeaderValueOption:
@@ -85,9 +90,13 @@ def _pool_metadata(forward: Forward) -> Struct:
 
 
 def _common_response(forward: Forward) -> pb.CommonResponse:
-    credential_names = {name for name, _ in forward.credential}
+    # An Authorization of the gateway's own (Entra ID) goes by another name past the filter that removes the
+    # client's, which then sets it (envoy/envoy.yaml); any other credential header is set as it is.
+    credential = [(UPSTREAM_AUTHORIZATION_HEADER if name == "authorization" else name, value)
+                  for name, value in forward.credential]
+    credential_names = {name for name, _ in credential}
     set_headers = [_header(":path", forward.path)]
-    set_headers += [_header(name, value) for name, value in forward.credential]
+    set_headers += [_header(name, value) for name, value in credential]
     set_headers.append(_header(ROUTE_HEADER, forward.cluster))
     if forward.client:
         set_headers.append(_header(CLIENT_HEADER, forward.client))

@@ -93,12 +93,16 @@ class ModelMapper:
     def default_backend_deployments_of(self, models: frozenset[str]) -> frozenset[str]:
         """The deployments on the default backend that serve these models (Azure-form requests go there:
         a pool member's name on another backend may name something else on the default one)."""
+        return self.deployments_of(models, self.default_backend)
+
+    def deployments_of(self, models: frozenset[str], backend: Backend) -> frozenset[str]:
+        """The deployments on `backend` that serve these models."""
         names: set[str] = set()
         for model in models:
             target = self.target_for(model)
             if isinstance(target, Pool):
-                names.update(m.deployment for m in target.members if m.backend is self.default_backend)
-            elif target is not None and target.backend is self.default_backend:
+                names.update(m.deployment for m in target.members if m.backend is backend)
+            elif target is not None and target.backend is backend:
                 names.add(target.deployment)
         return frozenset(names)
 

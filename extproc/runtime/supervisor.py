@@ -1,5 +1,6 @@
 """The ext_proc service: `worker_count` worker processes, one Unix socket each, kept running (and
-the circuit breaker's process when pools exist: extproc/breaker).
+the circuit breaker's process when pools exist: extproc/breaker; the Entra ID token process when a backend
+uses Entra ID: extproc/identity).
 
 Envoy lists every socket as an endpoint of the `extproc` cluster (least-request balancing): Unix
 sockets have no SO_REUSEPORT, so separate sockets are how several processes share the load. With
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
+from ..auth.upstream import CredentialError
 from ..breaker.board import create as create_board
 from ..config import Settings
 from ..rpc.health import is_serving
@@ -148,6 +150,17 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     each started again when it dies; SIGTERM/SIGINT stop them all."""
     paths = settings.socket_paths()
     breaker = bool(settings.pools)
+    identity = bool(settings.entra_credentials)
+    if identity:
+        from ..identity.credentials import check as check_entra
+
+        try:
+            for entra in settings.entra_credentials:
+                check_entra(entra)
+        except CredentialError as exc:
+            log.error("%s", exc)
+            return 1
+        settings.entra_ready_path.unlink(missing_ok=True)  # a former run's: the new process makes its own
     try:
         for path in paths + ([settings.breaker_paths.http, settings.breaker_paths.access_log] if breaker else []):
             prepare_socket(path)
@@ -157,24 +170,33 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     if breaker:
         # Before any reader or writer starts: every worker maps this file at its start.
         create_board(settings.breaker_paths.trips, len(settings.circuits))
-    if len(paths) == 1 and not breaker:
+    if len(paths) == 1 and not breaker and not identity:
         run_worker(settings, paths[0])  # one process: its exit is the service's (systemd, Kubernetes or `up` acts)
         return 0
     # Workers are forked from a fork server that has imported the worker's modules but run nothing:
     # a restarted worker serves in tens of milliseconds instead of the ~0.5 s a fresh interpreter
     # needs to import them, and still inherits no gRPC state (nothing gRPC ran in the fork server).
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["extproc.runtime.worker"] + (["extproc.runtime.breaker_process"] if breaker else []))
+    context.set_forkserver_preload(["extproc.runtime.worker"] + (["extproc.runtime.breaker_process"] if breaker else [])
+                                   + (["extproc.runtime.identity_process"] if identity else []))
     level = logging.getLogger().getEffectiveLevel()
+    # After the workers' slots: the breaker (with pools; restarted, it reads its trips back) and the Entra ID
+    # token process (restarted, it gets a token again; the workers keep the last one meanwhile).
+    services = (["breaker"] if breaker else []) + (["identity"] if identity else [])
 
     def start(slot: int) -> BaseProcess:
-        if slot == len(paths):  # the last slot, with pools: the breaker (restarted, it reads its trips back)
-            from .breaker_process import run_breaker
+        if slot >= len(paths):
+            service = services[slot - len(paths)]
+            if service == "breaker":
+                from .breaker_process import run_breaker
 
-            return context.Process(target=run_breaker, args=(settings, os.getpid(), level), name="breaker")
+                return context.Process(target=run_breaker, args=(settings, os.getpid(), level), name="breaker")
+            from .identity_process import run_identity
+
+            return context.Process(target=run_identity, args=(settings, os.getpid(), level), name="entra-tokens")
         return context.Process(target=run_worker, args=(settings, paths[slot], os.getpid(), level), name=f"extproc-{slot}")
 
-    supervisor = Supervisor(start, len(paths) + breaker, policy)
+    supervisor = Supervisor(start, len(paths) + len(services), policy)
     # Installed before any worker starts, so an early SIGTERM is not lost.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _signum, _frame: supervisor.stop())
@@ -191,6 +213,9 @@ def check_health(settings: Settings, timeout_s: float = 2.0) -> int:
             print(f"{path}: {serving}")
         if serving is not True:
             status = 1
+    if settings.entra_credentials and not settings.entra_ready_path.exists():
+        print(f"{settings.entra_ready_path}: the Entra ID token process has not asked for its tokens yet")
+        status = 1
     if settings.pools:
         from ..breaker.status import fetch_status
 

@@ -133,6 +133,8 @@ def run_up(settings: Settings, config_path: str | None) -> int:
         stack.start("ext_proc", EXTPROC_ARGV, env)
         # Listening, not merely present: a socket file may be left over from a killed run.
         stack.wait_until(lambda: all(socket_in_use(p) for p in sockets), "the ext_proc sockets")
+        if settings.entra_credentials:  # asked once, got or not (a failure is logged; requests then get 503s)
+            stack.wait_until(settings.entra_ready_path.exists, "the first Entra ID tokens")
 
         concurrency = settings.envoy.concurrency or os.cpu_count() or 1
         stack.start(

@@ -85,6 +85,18 @@ def test_a_key_with_a_model_list_sees_and_uses_only_those(gateway: Gateway, azur
         assert "gpt-4o" in [m.id for m in client.models.list()]
 
 
+def test_a_limited_key_cannot_name_another_deployment_in_azures_image_tool_header(
+        gateway: Gateway, azure: EmulatorThread) -> None:
+    """Envoy hands the header to the ext_proc (forward_rules), which refuses a deployment outside the key's models."""
+    before = len(azure.requests())
+    with _client(gateway, TEAM_B) as client:
+        with pytest.raises(openai.NotFoundError) as raised:
+            client.embeddings.create(model="text-embedding-3-small", input="x",
+                                     extra_headers={"x-ms-oai-image-generation-deployment": "prod-chat"})
+        assert "`prod-chat`" in raised.value.body["message"]  # type: ignore[index]
+    assert len(azure.requests()) == before
+
+
 def test_a_key_over_its_requests_per_minute_gets_429_from_envoy_and_others_are_untouched(
         gateway: Gateway, azure: EmulatorThread) -> None:
     before = len(azure.requests())

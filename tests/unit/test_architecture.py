@@ -27,8 +27,10 @@ ALLOWED = {
     "rpc": set(),
     "compile": {"config", "core", "routing", "auth", "breaker"},
     "breaker": {"config"},
+    "identity": {"config", "auth"},
     "envoy_config": {"config", "core", "routing", "auth"},
-    "runtime": {"compile", "config", "core", "processor", "rpc", "envoy_config", "routing", "auth", "breaker"},
+    "runtime": {"compile", "config", "core", "processor", "rpc", "envoy_config", "routing", "auth", "breaker",
+                "identity"},
     "emulator": set(),
 }
 

@@ -229,3 +229,53 @@ listen: {{https_port: null}}
 def test_cors_origins_are_lower_case_as_browsers_send_them(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cors.allowed_origins"):
         settings(tmp_path, CONFIG + "cors: {allowed_origins: ['https://Chat.example.com']}\n")
+
+
+ON_YOUR_DATA = {"model": "text-embedding-3-small", "input": "x", "data_sources": [{"type": "azure_search", "parameters": {
+    "endpoint": "https://s.search.windows.net", "embedding_dependency": {"type": "deployment_name", "deployment_name": "{}"}}}]}
+
+
+def _naming(deployment: str) -> dict:
+    return orjson.loads(orjson.dumps(ON_YOUR_DATA).replace(b"{}", deployment.encode()))
+
+
+def test_a_limited_key_names_no_other_deployment_by_a_side_road(tmp_path: Path) -> None:
+    """Azure reads deployments in more places than the path and the model: "on your data"'s embedding
+    deployment, the image tool's header and body entry. A key with a model list may name only its own."""
+    text = CONFIG.replace("models: [text-embedding-3-small]", "models: [text-embedding-3-small, dall-e-3]")
+    t = Translator(compile_gateway(settings(tmp_path, text)))
+    b = {"authorization": f"Bearer {TEAM_B_KEY}"}
+    for refused, name in ((post(t, "/v1/embeddings", _naming("chat"), **b), "chat"),
+                          (post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"},
+                                image_deployment="chat", **b), "chat"),
+                          (post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x",
+                                                      "tools": [{"type": "image_generation", "model": "gpt-4o"}]}, **b),
+                           "gpt-4o"),
+                          (t.on_headers(RequestHead("POST", "/openai/deployments/embed/embeddings?api-version=2024-10-21",
+                                                    "application/json", has_body=True, image_deployment="chat", **b)),
+                           "chat")):
+        assert isinstance(refused, Reply) and refused.status == 404, refused
+        assert f"`{name}`" in orjson.loads(refused.body)["error"]["message"]
+    for allowed in (post(t, "/v1/embeddings", _naming("embed"), **b),
+                    post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"},
+                         image_deployment="images", **b),
+                    # the image tool's model by the model's name or its deployment's
+                    post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x",
+                                               "tools": [{"type": "image_generation", "model": "dall-e-3"}]}, **b),
+                    post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x",
+                                               "tools": [{"type": "image_generation", "model": "images"}]}, **b)):
+        assert isinstance(allowed, Forward), allowed
+    # A key with every model: anything, as before.
+    assert isinstance(post(t, "/v1/embeddings", _naming("chat"), authorization=f"Bearer {TEAM_A_KEY}"), Forward)
+
+
+def test_unmapped_models_reject_holds_for_side_roads_too(tmp_path: Path) -> None:
+    text = CONFIG.replace("clients:", "unmapped_models: reject\nclients:")
+    t = Translator(compile_gateway(settings(tmp_path, text)))
+    a = {"authorization": f"Bearer {TEAM_A_KEY}"}
+    assert isinstance(post(t, "/v1/embeddings", _naming("embed"), **a), Forward)
+    for refused in (post(t, "/v1/embeddings", _naming("secret-deployment"), **a),
+                    post(t, "/v1/chat/completions", CHAT, image_deployment="secret-deployment", **a),
+                    t.on_headers(RequestHead("GET", "/v1/models", image_deployment="secret-deployment", **a))):
+        assert isinstance(refused, Reply) and refused.status == 404
+        assert "secret-deployment" in orjson.loads(refused.body)["error"]["message"]
