@@ -18,19 +18,22 @@ async def serve_tokens(settings: Settings) -> None:
     credentials = [(entra, make_credential(entra)) for entra in settings.entra_credentials]
     keepers = [TokenKeeper(credential, entra.scope, settings.token_path(entra), entra.label)
                for entra, credential in credentials]
-    # Every token asked for once before the gateway says it is ready (a failure counts: it is logged, and
-    # requests get 503 until a token comes), then each on its own schedule.
-    waits = await asyncio.gather(*(keeper.once() for keeper in keepers))
-    settings.entra_ready_path.touch()
-    tasks = [asyncio.create_task(keeper.run(first_wait)) for keeper, first_wait in zip(keepers, waits)]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("entra: keeping %d token(s): %s", len(keepers), ", ".join(e.label for e, _ in credentials))
-    await stop.wait()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for _, credential in credentials:
-        await credential.close()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        # Every token asked for once before the gateway says it is ready (a failure counts: it is logged, and
+        # requests get 503 until a token comes), then each on its own schedule.
+        waits = await asyncio.gather(*(keeper.once() for keeper in keepers))
+        settings.entra_ready_path.touch()
+        tasks = [asyncio.create_task(keeper.run(first_wait)) for keeper, first_wait in zip(keepers, waits)]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _, credential in credentials:
+            await credential.close()
