@@ -14,10 +14,10 @@ from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, CredentialError, Entra
 from .config import BackendSettings, ConfigError, Settings
 from .core.catalogue import ENDPOINT_NAMES
 from .breaker.board import BoardReader
-from .core.gateway import Gateway, Limits, NoTrips, TripBoard
+from .core.gateway import ByokTarget, Gateway, Limits, NoTrips, TripBoard
 from .core.models_endpoint import ModelsEndpoint
 from .core.routes import EndpointOptions, RouteTable, compile_openai_routes, compile_routes
-from .routing import DEFAULT_BACKEND, Backend, ModelMapper, Pool, PoolMember, cluster_name, pool_cluster_name
+from .routing import BYOK_CLUSTER, DEFAULT_BACKEND, Backend, ModelMapper, Pool, PoolMember, cluster_name, pool_cluster_name
 
 
 def upstream_credential(name: str, backend: BackendSettings, settings: Settings) -> UpstreamCredential:
@@ -79,6 +79,7 @@ def compile_gateway(settings: Settings, created: int | None = None, trips: TripB
             key.key_sha256: Client(key.name, None if key.models is None else frozenset(key.models))
             for key in settings.clients.keys
         }) if settings.clients.keys else None,
+        byok=ByokTarget(byok.host_suffix, byok.port, BYOK_CLUSTER) if (byok := settings.clients.byok_settings) else None,
     )
 
 

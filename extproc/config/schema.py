@@ -293,9 +293,33 @@ class ClientKeySettings(_Strict):
     requests_per_minute: Annotated[int, Field(ge=1, le=6_000_000)] | None = None
 
 
+class ByokSettings(_Strict):
+    """Bring your own key: a client's bearer token RESOURCE:DEPLOYMENT:KEY[:API_VERSION] (the Node proxy's
+    format) sends its request to https://RESOURCE.<host_suffix> with its own key. Envoy connects (a dynamic
+    forward proxy held to that suffix); the gateway never connects to a host the client spells out."""
+
+    enabled: bool = True
+    host_suffix: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")] = \
+        "openai.azure.com"  # sovereign clouds: openai.azure.us, openai.azure.cn
+    port: Port = 443
+    ca_file: Path | None = None  # the CA bundle to trust (default: the system's)
+    # A DNS server Envoy asks for the resources' addresses, "HOST:PORT" (default: the system's resolver).
+    dns_resolver: Annotated[str, Field(pattern=r"^[0-9.]+:[0-9]{1,5}$")] | None = None
+
+
 class ClientSettings(_Strict):
     keys: list[ClientKeySettings] = []
     allow_unauthenticated: bool = False
+    byok: bool | ByokSettings = False
+
+    @property
+    def byok_settings(self) -> ByokSettings | None:
+        """Bring-your-own-key's settings when it is on (`byok: true` takes the defaults)."""
+        if self.byok is True:
+            return ByokSettings()
+        if isinstance(self.byok, ByokSettings) and self.byok.enabled:
+            return self.byok
+        return None
 
     @field_validator("keys")
     @classmethod
@@ -450,6 +474,9 @@ class Settings(_Strict):
                 "but no client keys: anyone who reaches it would spend them. Add client keys (clients.keys; "
                 "`python -m extproc keys new --name NAME` makes one), listen on 127.0.0.1, or, if something in front "
                 "decides who connects (a network policy, a private network), set clients.allow_unauthenticated: true")
+        if self.clients.keys and self.clients.byok_settings is not None:
+            raise ValueError("clients.byok and clients.keys: the client's bearer token is either the gateway's key "
+                             "or the client's own resource and key, not both")
         if self.clients.keys:
             # The client's key is the gateway's; it cannot also be the one sent on to Azure.
             passing = sorted(n for n, b in self.all_backends.items() if not b.holds_credential)

@@ -47,6 +47,7 @@ class Forward(NamedTuple):
     # member still in is tried twice; None: the route's own (every member in).
     max_retries: int | None = None
     client: str = ""  # the client key's name (clients.keys): Envoy's per-key rate limit and access log
+    authority: str = ""  # bring your own key: the client's resource (host[:port]), which Envoy connects to
 
 
 @dataclass(frozen=True, slots=True)

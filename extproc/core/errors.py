@@ -95,6 +95,19 @@ NOT_FOR_RESTRICTED_KEYS = error(
 )
 
 
+def byok_malformed(problem: str) -> Reply:
+    """A bearer token shaped like a bring-your-own-key one (it has a `:`) that is not one."""
+    return error(401, f"Incorrect bring-your-own-key API key: {problem}. (The key is not shown.)",
+                 code="invalid_api_key")
+
+
+BYOK_ENDPOINTS_ONLY = error(
+    404,
+    "With a bring-your-own-key API key (RESOURCE:DEPLOYMENT:KEY) the gateway serves the endpoints that name a "
+    "model in the body (chat/completions, completions, embeddings, audio, images, responses).",
+)
+
+
 def upstream_auth_unavailable(kind: str) -> Reply:
     """The gateway holds no valid Entra ID token for the backend (the token process's log says why)."""
     return error(

@@ -39,6 +39,20 @@ class NoTrips:
         return len(circuits), len(circuits), 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class ByokTarget:
+    """Bring your own key: where the clients' resources are (RESOURCE.<host_suffix>[:port]) and Envoy's cluster
+    that connects to them."""
+
+    host_suffix: str
+    port: int
+    cluster: str
+
+    def authority(self, resource: str) -> str:
+        host = f"{resource}.{self.host_suffix}"
+        return host if self.port == 443 else f"{host}:{self.port}"
+
+
 @dataclass(frozen=True)
 class Gateway:
     backends: Mapping[str, Backend]  # by name, each with its Envoy cluster and credential provider
@@ -50,8 +64,9 @@ class Gateway:
     trips: TripBoard = field(default_factory=NoTrips)  # pools' members the circuit breaker has tripped
     default_model: str | None = None  # serves a request whose body names no model
     clients: ClientKeys | None = None  # clients.keys; None: no client authentication
+    byok: ByokTarget | None = None  # clients.byok; None: off
 
     @property
     def credentials_reusable(self) -> bool:
-        """Whether decisions may be cached: no backend sends the client's own key."""
-        return all(backend.credential.reusable for backend in self.backends.values())
+        """Whether decisions may be cached: no backend sends the client's own key, nor bring-your-own-key."""
+        return self.byok is None and all(backend.credential.reusable for backend in self.backends.values())

@@ -16,17 +16,19 @@ from typing import Callable
 from urllib.parse import unquote
 
 from ..auth.client import ClientKeys
-from ..auth.upstream import Headers
+from ..auth.upstream import API_KEY_HEADER, Headers
 from ..routing import Backend, Pool, Target
+from ..routing.byok import ByokKey, NotByok, parse_byok
 from . import errors
 from .bodies import BodyModel, model_name, read_model
 from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_DEPLOYMENTS_PREFIX, AZURE_UPLOAD_PREFIXES
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead, Try
-from .gateway import Gateway
+from .gateway import ByokTarget, Gateway
 from .models_endpoint import ModelsEndpoint
 from .jsonbody import InvalidJson, TooManyMembers, insert_top_level_string, replace_top_level_string
 from .multipart import is_multipart, replace_field
-from .paths import azure_form_segments_ok, escapes_its_prefix, has_api_version, query_values, without_credentials
+from .paths import (azure_form_segments_ok, escapes_its_prefix, has_api_version, merge_query, query_values,
+                    without_credentials)
 from .routes import BodyRoute, ResourceRoute
 
 AZURE_METHODS = frozenset({"GET", "POST", "DELETE"})  # what Azure's data-plane API uses (OPTIONS: CORS, later)
@@ -44,6 +46,7 @@ class Translator:
         self._trips = gateway.trips
         self._default_model = gateway.default_model
         self._clients = gateway.clients
+        self._byok = gateway.byok
         # /v1/models as each key with a model list sees it (built once per list).
         self._models_endpoints: dict[frozenset[str], ModelsEndpoint] = {}
         self._deployments: dict[frozenset[str], frozenset[str]] = {}  # of each list's models
@@ -63,7 +66,53 @@ class Translator:
     def on_headers(self, head: RequestHead) -> HeadersDecision:
         if self._clients is not None:
             return self._client_key_first(head, self._clients)
+        if self._byok is not None and ":" in head.authorization:
+            return self._own_resource(head, self._byok)
         return self._decide(head)
+
+    # --- bring your own key: the client's resource, deployment and key in its bearer token ----------
+
+    def _own_resource(self, head: RequestHead, target: ByokTarget) -> HeadersDecision:
+        scheme, _, token = head.authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return self._decide(head)
+        try:
+            byok = parse_byok(token.strip())
+        except NotByok as exc:
+            return errors.byok_malformed(str(exc))
+        if byok is None:
+            return self._decide(head)
+        path, _, query = head.path.partition("?")
+        route = self._body_routes.get(path)
+        if route is None:
+            return errors.BYOK_ENDPOINTS_ONLY
+        if head.method != "POST":
+            return errors.invalid_url(head.method, path)
+        if (too_large := self._too_large(head)) is not None:
+            return too_large
+        return AwaitBody(lambda body: self._to_own_resource(head, route, query, byok, target, body))
+
+    def _to_own_resource(self, head: RequestHead, route: BodyRoute, query: str, byok: ByokKey, target: ByokTarget,
+                         body: bytes) -> BodyDecision:
+        found = read_model(body, head.content_type, multipart_only=route.multipart_only)
+        if isinstance(found, Reply):
+            return found
+        model = model_name(found)
+        if isinstance(model, Reply):
+            return model
+        deployment = byok.deployment_for(model)
+        if deployment is None:
+            return errors.model_not_found(model, byok.models)
+        path = route.path_for(deployment, query)
+        if byok.api_version is not None and ("?api-version=" in path or "&api-version=" in path):
+            path = path.partition("?")[0] + merge_query(query, byok.api_version)
+        new_body = None
+        if route.model_in_body and deployment != model:
+            new_body = _with_model(body, found, deployment)
+            if isinstance(new_body, Reply):
+                return new_body
+        return Forward(path, ((API_KEY_HEADER, byok.key),), target.cluster, new_body,
+                       authority=target.authority(byok.resource))
 
     def _client_key_first(self, head: RequestHead, clients: ClientKeys) -> HeadersDecision:
         """Client keys: decided before anything else (a 401 reads no body, reaches nothing)."""

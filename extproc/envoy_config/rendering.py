@@ -21,7 +21,7 @@ import yaml
 from ..config import BackendSettings, ConfigError, Settings, UnmappedModelPolicy
 from ..core.catalogue import headers_only_prefixes
 from ..config.schema import PoolMember
-from ..routing import DEFAULT_BACKEND, POOL_METADATA_NAMESPACE, cluster_name, pool_cluster_name
+from ..routing import BYOK_CLUSTER, DEFAULT_BACKEND, POOL_METADATA_NAMESPACE, cluster_name, pool_cluster_name
 
 # The routes a request takes before the ext_proc decides lead to this cluster, which is never defined:
 # Envoy answers 404 itself, so an undecided request cannot leave it.
@@ -126,8 +126,16 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
                 if largest_pool:
                     http_filter["typed_config"]["metadata_options"] = {"receiving_namespaces": {
                         "untyped": [f"{POOL_METADATA_NAMESPACE}{i}" for i in range(largest_pool)]}}
-                else:  # nor x-envoy-max-retries: only pools set it
+                else:
                     http_filter["typed_config"].pop("metadata_options", None)
+                # x-envoy-max-retries: only pools set it; the Host (bring your own key's resource), which Envoy
+                # ignores from an ext_proc unless told (allow_all_routing).
+                rules = {"allow_envoy": True} if largest_pool else {}
+                if settings.clients.byok_settings is not None:
+                    rules["allow_all_routing"] = True
+                if rules:
+                    http_filter["typed_config"]["mutation_rules"] = rules
+                else:
                     http_filter["typed_config"].pop("mutation_rules", None)
         if name == "https":
             if downstream_tls is None:
@@ -158,6 +166,7 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     _client_keys(settings, listeners)
     _cors(settings, listeners)
     _browser_guard(settings, listeners)
+    _byok(settings, resources, listeners)
     if not settings.entra_credentials:
         _without_upstream_authorization(listeners)
     return config
@@ -185,6 +194,54 @@ def _without_upstream_authorization(listeners: list[dict[str, Any]]) -> None:
 
 
 RBAC_FILTER = "envoy.filters.http.rbac"
+DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+
+
+def _byok(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:
+    """Bring your own key's route (its Host held to RESOURCE.<suffix>[:port]), filter and cluster, with the CA and
+    DNS resolver the settings name; none of it when it is off."""
+    byok = settings.clients.byok_settings
+    cluster = _named(resources["clusters"], BYOK_CLUSTER, "cluster")
+    if byok is None:
+        resources["clusters"].remove(cluster)
+    else:
+        if byok.ca_file is not None:
+            cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"] = {
+                "filename": str(byok.ca_file)}
+        cache = cluster["cluster_type"]["typed_config"]["dns_cache_config"]
+        if byok.dns_resolver is not None:
+            address, _, port = byok.dns_resolver.rpartition(":")
+            cache["typed_dns_resolver_config"] = {
+                "name": "envoy.network.dns_resolver.cares",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+                    "resolvers": [{"socket_address": {"address": address, "port_value": int(port)}}],
+                    "use_resolvers_as_fallback": False,
+                }}
+    # The resource name's full rule is the ext_proc's; RE2 caps a route regex's program at 100.
+    host = r"[a-z0-9-]+\." + re.escape(byok.host_suffix) if byok else ""
+    if byok is not None and byok.port != 443:
+        host += f":{byok.port}"
+    done: set[int] = set()  # the HTTPS listener shares its filters and routes with the HTTP one
+    for listener in listeners:
+        for hcm in _connection_managers(listener):
+            if id(hcm) in done:
+                continue
+            done.add(id(hcm))
+            if byok is None:
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != DFP_FILTER]
+            else:  # one DNS cache: the filter's and the cluster's configs must be the same
+                next(f for f in hcm["http_filters"] if f["name"] == DFP_FILTER)["typed_config"]["dns_cache_config"] = \
+                    cluster["cluster_type"]["typed_config"]["dns_cache_config"]
+            for vhost in hcm["route_config"]["virtual_hosts"]:
+                routes = vhost["routes"]
+                for route in list(routes):
+                    if route.get("route", {}).get("cluster") != BYOK_CLUSTER:
+                        continue
+                    if byok is None:
+                        routes.remove(route)
+                    else:
+                        route["match"]["headers"][1]["string_match"]["safe_regex"]["regex"] = host
 
 
 def _browser_guard(settings: Settings, listeners: list[dict[str, Any]]) -> None:

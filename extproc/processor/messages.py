@@ -98,6 +98,8 @@ def _common_response(forward: Forward) -> pb.CommonResponse:
     set_headers = [_header(":path", forward.path)]
     set_headers += [_header(name, value) for name, value in credential]
     set_headers.append(_header(ROUTE_HEADER, forward.cluster))
+    if forward.authority:  # bring your own key: the resource Envoy's dynamic forward proxy connects to
+        set_headers.append(_header(":authority", forward.authority))
     if forward.client:
         set_headers.append(_header(CLIENT_HEADER, forward.client))
     if forward.max_retries is not None:  # read by Envoy's router; the pool's upstream Lua removes it

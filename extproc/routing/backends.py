@@ -20,6 +20,9 @@ def cluster_name(backend: str) -> str:
 POOL_METADATA_NAMESPACE = "aoai.pool."
 
 
+BYOK_CLUSTER = "byok"  # bring your own key: Envoy's dynamic forward proxy to the clients' own resources
+
+
 def pool_cluster_name(index: int) -> str:
     """The Envoy cluster of the `index`-th pool in the settings' `models` (rendering uses the same order)."""
     return f"pool-{index}"
