@@ -86,6 +86,14 @@ class EntraSettings(_Strict):
             raise ValueError(f"kind {kind} takes no managed_identity_client_id")
         if self.authority_host is not None and not self.authority_host.startswith("https://"):
             raise ValueError("authority_host must be an https:// URL such as https://login.microsoftonline.us")
+        # Said but unused would quietly mean another identity: a managed identity is chosen by
+        # managed_identity_client_id; DefaultAzureCredential reads AZURE_CLIENT_ID and AZURE_TENANT_ID.
+        if kind in ("default", "managed_identity") and (self.client_id or self.tenant_id):
+            raise ValueError(f"kind {kind} takes no client_id or tenant_id (a user-assigned managed identity: "
+                             "managed_identity_client_id)")
+        if kind == "managed_identity" and self.authority_host is not None:
+            raise ValueError("a managed identity takes no authority_host")
+        object.__setattr__(self, "kind", kind)  # one credential, one token, however it was spelled
         return self
 
     @property
@@ -303,8 +311,22 @@ class ByokSettings(_Strict):
         "openai.azure.com"  # sovereign clouds: openai.azure.us, openai.azure.cn
     port: Port = 443
     ca_file: Path | None = None  # the CA bundle to trust (default: the system's)
-    # A DNS server Envoy asks for the resources' addresses, "HOST:PORT" (default: the system's resolver).
-    dns_resolver: Annotated[str, Field(pattern=r"^[0-9.]+:[0-9]{1,5}$")] | None = None
+    # A DNS server Envoy asks for the resources' addresses, "IPV4:PORT" (default: the system's resolver).
+    dns_resolver: str | None = None
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _address_and_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        address, _, port = value.rpartition(":")
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise ValueError("must be IPV4:PORT, e.g. 10.0.0.10:53") from None
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be IPV4:PORT, e.g. 10.0.0.10:53")
+        return value
 
 
 class ClientSettings(_Strict):
@@ -353,9 +375,10 @@ class ListenSettings(_Strict):
     https_port: Port | None = 8443
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    # Listening on loopback and holding a key without client keys, the gateway answers only requests
-    # whose Host is a loopback name (a DNS-rebinding web page names its own site there): other names it
-    # is reached by (a reverse proxy on this machine that keeps the client's Host), any port.
+    # Holding a key without client keys, a gateway on loopback answers only requests whose Host is a loopback
+    # name (a DNS-rebinding web page names its own site there): these are the other names it is reached by (a
+    # reverse proxy on this machine that keeps the client's Host), any port. Listening beyond loopback, listing
+    # names here turns the same rule on (the compose file does).
     allowed_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?$")]] = []
 
     @model_validator(mode="after")

@@ -12,10 +12,13 @@ already in Azure form (`_azure_form`). Anything else is a 404.
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 from urllib.parse import unquote
 
-from ..auth.client import ClientKeys
+import orjson
+
+from ..auth.client import ClientKeys, presented_key
 from ..auth.upstream import API_KEY_HEADER, Headers
 from ..routing import Backend, Pool, Target
 from ..routing.byok import ByokKey, NotByok, parse_byok
@@ -66,18 +69,17 @@ class Translator:
     def on_headers(self, head: RequestHead) -> HeadersDecision:
         if self._clients is not None:
             return self._client_key_first(head, self._clients)
-        if self._byok is not None and ":" in head.authorization:
+        if self._byok is not None and (":" in head.authorization or ":" in head.api_key):
             return self._own_resource(head, self._byok)
         return self._decide(head)
 
-    # --- bring your own key: the client's resource, deployment and key in its bearer token ----------
+    # --- bring your own key: the client's resource, deployment and key in its API key ---------------
 
     def _own_resource(self, head: RequestHead, target: ByokTarget) -> HeadersDecision:
-        scheme, _, token = head.authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return self._decide(head)
+        """The client's key as a bearer token (OpenAI SDKs) or `api-key` (AzureOpenAI clients)."""
+        token = presented_key(head.authorization, head.api_key) or ""
         try:
-            byok = parse_byok(token.strip())
+            byok = parse_byok(token)
         except NotByok as exc:
             return errors.byok_malformed(str(exc))
         if byok is None:
@@ -154,11 +156,39 @@ class Translator:
             if allowed is None:
                 allowed = self._deployments.setdefault(models, self._models.default_backend_deployments_of(models))
             deployment = unquote(path[len(AZURE_DEPLOYMENTS_PREFIX) :].partition("/")[0])
-            for named in (deployment, head.image_deployment) if head.image_deployment else (deployment,):
-                if named not in allowed:
-                    return errors.deployment_not_found(named, tuple(sorted(allowed)))
-            return self._azure_form(head, path, query)
+            if deployment not in allowed:
+                return errors.deployment_not_found(deployment, tuple(sorted(allowed)))
+            return self._side_roads_of_azure_form(head, self._azure_form(head, path, query), models)
         return errors.NOT_FOR_RESTRICTED_KEYS
+
+    def _side_roads_of_azure_form(self, head: RequestHead, decision: HeadersDecision,
+                                  allowed: frozenset[str] | None) -> HeadersDecision:
+        """An Azure-form request to a deployment, its other deployments checked (see _side_roads_checked): the
+        body is read for it (Envoy streams such bodies unless told otherwise, as it is here)."""
+        if not isinstance(decision, Forward):
+            return decision
+        if head.image_deployment:
+            refused = self._side_roads_checked(head, BodyModel(None), {self._models.default_backend}, allowed)
+            if isinstance(refused, Reply):
+                return refused
+        if head.method != "POST" or not head.has_body:
+            return decision
+        if (too_large := self._too_large(head)) is not None:
+            return too_large
+        content_type = head.content_type
+
+        def finish(body: bytes) -> BodyDecision:
+            if is_multipart(content_type):  # a form names no other deployment
+                return decision
+            found = read_model(body, content_type, require_object=False)
+            if isinstance(found, Reply):
+                return found
+            checked = self._side_roads_checked(head, found, {self._models.default_backend}, allowed)
+            if isinstance(checked, Reply):
+                return checked
+            return decision if checked is None else decision._replace(body=checked)
+
+        return AwaitBody(finish)
 
     def _credential(self, head: RequestHead, backend: Backend) -> Headers | Reply:
         """The headers that authenticate the request to `backend`, or the 401 refusing it."""
@@ -186,11 +216,12 @@ class Translator:
         # The default backend's credential is checked before the body is read (a 401 needs no body);
         # a model served elsewhere gets its own backend's (_on_body).
         credential = self._credential(head, self._models.default_backend)
-        if isinstance(credential, Reply):
+        if isinstance(credential, Reply) and credential.status == 401:
             return credential
+        # (No Entra ID token for the default backend: the model may be served by another; decided with the body.)
         return AwaitBody(lambda body: self._on_body(head, route, query, credential, body, allowed))
 
-    def _on_body(self, head: RequestHead, route: BodyRoute, query: str, credential: Headers, body: bytes,
+    def _on_body(self, head: RequestHead, route: BodyRoute, query: str, credential: Headers | Reply, body: bytes,
                  allowed: frozenset[str] | None = None) -> BodyDecision:
         found = read_model(body, head.content_type, multipart_only=route.multipart_only)
         if isinstance(found, Reply):
@@ -208,44 +239,54 @@ class Translator:
             if self._models.rejects_unknown:
                 return errors.model_not_found(model, self._models.known_models)
             return errors.not_a_deployment_name(model)
-        if (refused := self._other_deployments_refused(head, found, target, allowed)) is not None:
-            return refused
+        canonical = None
+        if allowed is not None or self._models.rejects_unknown:
+            backends = {m.backend for m in target.members} if isinstance(target, Pool) else {target.backend}
+            checked = self._side_roads_checked(head, found, backends, allowed)
+            if isinstance(checked, Reply):
+                return checked
+            if checked is not None:
+                body = canonical = checked
         if isinstance(target, Pool):
-            return self._to_pool(head, route, query, body, found, model, target)
-        if target.backend is not self._models.default_backend:
+            decision = self._to_pool(head, route, query, body, found, model, target)
+            return decision._replace(body=canonical) if canonical and isinstance(decision, Forward) and \
+                decision.body is None else decision
+        if target.backend is not self._models.default_backend or isinstance(credential, Reply):
             credential = self._credential(head, target.backend)
             if isinstance(credential, Reply):
                 return credential
-        new_body = None
+        new_body = canonical
         if route.model_in_body and (target.deployment != model or _names_no_model(found)):
             new_body = _with_model(body, found, target.deployment)
             if isinstance(new_body, Reply):
                 return new_body
         return Forward(route.path_for(target.deployment, query), credential, target.backend.cluster, new_body)
 
-    def _other_deployments_refused(self, head: RequestHead, found: BodyModel, target: Target | Pool,
-                                   allowed: frozenset[str] | None) -> Reply | None:
-        """Deployments a request names besides its model (the image tool's header or body entry, "on your
-        data"'s embedding deployment): a key with a model list may name only its models' deployments on the
-        backends the request goes to, and `unmapped_models: reject` only mapped ones."""
-        named = _other_deployments(found.document)
+    def _side_roads_checked(self, head: RequestHead, found: BodyModel, backends: set[Backend],
+                            allowed: frozenset[str] | None) -> Reply | bytes | None:
+        """Deployments a request names besides its model (the image tool's header or `tools[]` entry, "on your
+        data"'s embedding deployment), for a key with a model list (only its models' deployments on the backends
+        the request goes to) or under `unmapped_models: reject` (only mapped ones). The refusal; or, when the body
+        has such members at all, the body to send instead: the parsed document written out again, so that Azure
+        reads what was checked (a duplicate or case-variant member, which parsers read differently, is gone);
+        None when it names nothing."""
+        named, present = _other_deployments(found.document)
         if head.image_deployment:
             named.append((head.image_deployment, False))
-        if not named:
-            return None
-        backends = {m.backend for m in target.members} if isinstance(target, Pool) else {target.backend}
-        for deployment, may_be_model in named:
-            if may_be_model and (deployment in allowed if allowed is not None else
-                                 not self._models.rejects_unknown or deployment in self._models.known_models):
-                continue
+        for deployment, tool_model in named:
+            if not self._models.allows_deployment(deployment) and not (tool_model and deployment in self._models.known_models):
+                return errors.deployment_not_found(deployment, self._models.known_deployments)
             if allowed is not None:
                 for backend in backends:
                     permitted = self._deployments_on(allowed, backend)
                     if deployment not in permitted:
                         return errors.deployment_not_found(deployment, tuple(sorted(permitted)))
-            if not self._models.allows_deployment(deployment):
-                return errors.deployment_not_found(deployment, self._models.known_deployments)
-        return None
+        if not present or found.document is None:
+            return None
+        try:
+            return orjson.dumps(found.document)
+        except TypeError:  # a lone surrogate or an integer beyond 64 bits: the standard library writes those
+            return json.dumps(found.document).encode()
 
     def _deployments_on(self, models: frozenset[str], backend: Backend) -> frozenset[str]:
         key = (models, backend.name)
@@ -260,10 +301,16 @@ class Translator:
         when the circuit breaker has tripped every member, the 429 that says when to come back."""
         tries = []
         in_body = set()  # the deployments members read from the body (Azure's v1 and responses, OpenAI)
+        unavailable: Reply | None = None
         for member in pool.members:
             credential = self._credential(head, member.backend)
             if isinstance(credential, Reply):
-                return credential
+                if credential.status == 401:
+                    return credential
+                # No Entra ID token for this member: it gets no try (Envoy's try there is answered 503 by the
+                # pool's upstream filter, and the next member is tried); the others still serve.
+                unavailable = credential
+                continue
             routes = self._member_body_routes.get(member.backend.name)
             member_route = routes["/v1/" + route.operation.path] if routes is not None else route
             path = member_route.path_for(member.deployment, query)
@@ -272,6 +319,8 @@ class Translator:
             tries.append(Try(member.id, path, credential))
             if member_route.model_in_body:
                 in_body.add(member.deployment)
+        if not tries and unavailable is not None:
+            return unavailable
         # After the credentials: a client without one gets its 401, not news of the pool's state.
         open_members, pickable, wait = self._trips.availability(pool.circuits)
         if not open_members:
@@ -345,7 +394,7 @@ class Translator:
                 deployment = unquote(path[len(prefix) :].partition("/")[0])
                 if not self._models.allows_deployment(deployment):
                     return errors.deployment_not_found(deployment, self._models.known_deployments)
-                return forward
+                return self._side_roads_of_azure_form(head, forward, None)
         return self._body_checked_under_reject(head, forward)
 
     # --- `unmapped_models: reject` for bodies the route does not read ---------------------------
@@ -358,9 +407,9 @@ class Translator:
         if (too_large := self._too_large(head)) is not None:
             return too_large
         content_type = head.content_type
-        return AwaitBody(lambda body: self._check_named_deployments(forward, content_type, body))
+        return AwaitBody(lambda body: self._check_named_deployments(head, forward, content_type, body))
 
-    def _check_named_deployments(self, forward: Forward, content_type: str, body: bytes) -> BodyDecision:
+    def _check_named_deployments(self, head: RequestHead, forward: Forward, content_type: str, body: bytes) -> BodyDecision:
         """Forward the body unchanged if the deployment its model names is a mapped one (or it has no
         model: nothing to route by); anything unreadable is refused, not forwarded unchecked."""
         if not body and is_multipart(content_type):
@@ -375,7 +424,10 @@ class Translator:
         for deployment in named:
             if isinstance(deployment, str) and deployment and not self._models.allows_deployment(deployment):
                 return errors.deployment_not_found(deployment, self._models.known_deployments)
-        return forward
+        checked = self._side_roads_checked(head, found, {self._models.default_backend}, None)
+        if isinstance(checked, Reply):
+            return checked
+        return forward if checked is None else forward._replace(body=checked)
 
 
 def _named(decision: HeadersDecision, client: str) -> HeadersDecision:
@@ -392,27 +444,34 @@ def _named_body(decision: BodyDecision, client: str) -> BodyDecision:
     return decision._replace(client=client) if isinstance(decision, Forward) else decision
 
 
-def _other_deployments(document: dict[str, object] | None) -> list[tuple[str, bool]]:
-    """The deployments a JSON body names besides its model, each with whether it may be a model's name
-    instead: chat's "on your data" embedding deployment (`data_sources[].parameters.embedding_dependency.
-    deployment_name`) and the Responses API's image tool (`tools[]` of type image_generation, its `model`)."""
+def _folded(name: str) -> str:
+    """A member name as a case-insensitive reader that also takes camelCase (Azure's older `dataSources`,
+    `embeddingDependency`) would match it."""
+    return name.lower().replace("_", "")
+
+
+def _members(value: object, name: str) -> list[object]:
+    """Every member of a JSON object whose name folds to `name` (all of them: a reader may take any)."""
+    return [v for k, v in value.items() if _folded(k) == name] if isinstance(value, dict) else []
+
+
+def _other_deployments(document: dict[str, object] | None) -> tuple[list[tuple[str, bool]], bool]:
+    """The deployments a JSON body names besides its model, each with whether it is the image tool's (which
+    may give a model's name instead): chat's "on your data" embedding deployment (`data_sources[].parameters.
+    embedding_dependency.deployment_name`) and the Responses API's image tool (`tools[]` of type
+    image_generation, its `model`); and whether the body has such members at all."""
     named: list[tuple[str, bool]] = []
     if document is None:
-        return named
-    sources = document.get("data_sources")
-    for source in sources if isinstance(sources, list) else ():
-        parameters = source.get("parameters") if isinstance(source, dict) else None
-        dependency = parameters.get("embedding_dependency") if isinstance(parameters, dict) else None
-        name = dependency.get("deployment_name") if isinstance(dependency, dict) else None
-        if isinstance(name, str) and name:
-            named.append((name, False))
-    tools = document.get("tools")
-    for tool in tools if isinstance(tools, list) else ():
-        if isinstance(tool, dict) and tool.get("type") == "image_generation":
-            name = tool.get("model")
-            if isinstance(name, str) and name:
-                named.append((name, True))
-    return named
+        return named, False
+    sources, tools = _members(document, "datasources"), _members(document, "tools")
+    for source in (s for value in sources if isinstance(value, list) for s in value):
+        for parameters in _members(source, "parameters"):
+            for dependency in _members(parameters, "embeddingdependency"):
+                named.extend((name, False) for name in _members(dependency, "deploymentname") if isinstance(name, str))
+    for tool in (t for value in tools if isinstance(value, list) for t in value):
+        if any(isinstance(kind, str) and _folded(kind) == "imagegeneration" for kind in _members(tool, "type")):
+            named.extend((name, True) for name in _members(tool, "model") if isinstance(name, str))
+    return named, bool(sources or tools)
 
 
 def _names_no_model(found: BodyModel) -> bool:

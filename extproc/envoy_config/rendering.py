@@ -176,17 +176,14 @@ UPSTREAM_AUTHORIZATION_HEADER = "x-aoai-upstream-authorization"  # extproc/proce
 
 
 def _without_upstream_authorization(listeners: list[dict[str, Any]]) -> None:
-    """No backend uses Entra ID: the mutations that carry its token past the credential removal go (the
-    config is then what it was before Entra ID)."""
+    """No backend uses Entra ID: the mutations that carry its token past the credential removal go (clients'
+    copies of the internal header are still removed on arrival)."""
     def carries(mutation: dict[str, Any]) -> bool:
         return mutation.get("remove") == UPSTREAM_AUTHORIZATION_HEADER or \
             UPSTREAM_AUTHORIZATION_HEADER in str(mutation.get("append", {}).get("header", {}).get("value", ""))
 
     for listener in listeners:
         for hcm in _connection_managers(listener):
-            for early in hcm.get("early_header_mutation_extensions", []):
-                mutations = early["typed_config"]["mutations"]
-                mutations[:] = [m for m in mutations if not carries(m)]
             for http_filter in hcm["http_filters"]:
                 if http_filter["name"] == "envoy.filters.http.header_mutation":
                     mutations = http_filter["typed_config"]["mutations"]["request_mutations"]
@@ -248,7 +245,9 @@ def _browser_guard(settings: Settings, listeners: list[dict[str, Any]]) -> None:
     """The rbac filter's lists: the allowed origins (none: any request naming an origin is refused), and the
     allowed Host names, or no Host policy where the gateway is not a loopback one spending its own key."""
     origins = [{"header": {"name": "origin", "string_match": {"exact": origin}}} for origin in settings.cors.allowed_origins]
-    guard_hosts = settings.loopback_only and settings.holds_credentials and not settings.clients.keys
+    # Beyond loopback, naming the gateway's names turns the rule on (compose: its service name).
+    guard_hosts = settings.holds_credentials and not settings.clients.keys and (
+        settings.loopback_only or bool(settings.listen.allowed_hosts))
     hosts = [{"header": {"name": ":authority", "string_match": {"safe_regex": {
         "regex": "(?i)" + re.escape(host) + "(:[0-9]+)?"}}}} for host in settings.listen.allowed_hosts]
     done: set[int] = set()  # the HTTPS listener may share its filters with the HTTP one

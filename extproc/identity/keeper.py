@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 LIBRARY_REFRESH_OFFSET_S = 300  # azure-identity refreshes a token this long before it expires
 MAX_BACKOFF_S = 15.0
+FETCH_TIMEOUT_S = 20.0  # one attempt (azure-identity's own retries included); then it counts as failed
+SLEEP_SLICE_S = 30.0  # waits are checked against the wall clock this often (a suspended host, a paused VM)
 
 
 def next_check(expires_on: float, refresh_on: float | None, now: float) -> float:
@@ -52,9 +54,17 @@ def publish(path: Path, token: str, expires_on: float) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    """The first line of the error (azure-identity names the endpoint and Entra's AADSTS code, never secrets)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+    """The error on one line (azure-identity names the endpoint, Entra's AADSTS code and, for
+    DefaultAzureCredential, each credential's failure; never secrets), at most 800 characters."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text[:800]}" if text else type(exc).__name__
+
+
+async def sleep_until(deadline: float, clock: Callable[[], float] = time.time) -> None:
+    """Sleep until the wall clock reaches `deadline`, in slices: asyncio's clock stops while the host is
+    suspended, the wall clock does not (a token that expired meanwhile is asked for on waking)."""
+    while (left := deadline - clock()) > 0:
+        await asyncio.sleep(min(left, SLEEP_SLICE_S))
 
 
 class TokenKeeper:
@@ -69,28 +79,30 @@ class TokenKeeper:
         self.failures = 0
 
     async def run(self, first_wait: float = 0.0) -> None:
-        await asyncio.sleep(first_wait)
+        await sleep_until(self._clock() + first_wait, self._clock)
         while True:
-            await asyncio.sleep(await self.once())
+            await sleep_until(self._clock() + await self.once(), self._clock)
 
     async def once(self) -> float:
-        """Ask for the token, publish it if new; the seconds to wait before asking again."""
+        """Ask for the token, publish it if new; the seconds to wait before asking again. Any failure (the
+        token endpoint's, a timeout, writing the file) is tried again with backoff, never ends the keeper."""
         try:
-            info = await self._credential.get_token_info(self._scope)
+            info = await asyncio.wait_for(self._credential.get_token_info(self._scope), FETCH_TIMEOUT_S)
+            if info.token != self._published:
+                publish(self._path, info.token, float(info.expires_on))
+                self._published = info.token
+                log.info("entra (%s): new token for %s, valid until %s", self._label, self._scope,
+                         datetime.fromtimestamp(info.expires_on, timezone.utc).isoformat(timespec="seconds"))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # anything azure-identity or its transport raises: try again later
+        except Exception as exc:  # anything azure-identity, its transport or the file system raises
             self.failures += 1
             if self.failures == 1:
+                reason = "no answer within %.0f s" % FETCH_TIMEOUT_S if isinstance(exc, TimeoutError) else _reason(exc)
                 log.error("entra (%s): no token for %s: %s; trying again (logged once until it works)",
-                          self._label, self._scope, _reason(exc))
+                          self._label, self._scope, reason)
             return backoff(self.failures)
         if self.failures:
             log.info("entra (%s): a token again after %d failed attempts", self._label, self.failures)
             self.failures = 0
-        if info.token != self._published:
-            publish(self._path, info.token, float(info.expires_on))
-            self._published = info.token
-            log.info("entra (%s): new token for %s, valid until %s", self._label, self._scope,
-                     datetime.fromtimestamp(info.expires_on, timezone.utc).isoformat(timespec="seconds"))
         return next_check(float(info.expires_on), getattr(info, "refresh_on", None), self._clock())

@@ -68,8 +68,8 @@ def request_head(headers: pb.HttpHeaders) -> RequestHead:
             api_key = value
         elif key == "content-length" and raw.isdigit():  # Envoy has checked it is one number
             content_length = int(raw)
-        elif key == IMAGE_DEPLOYMENT_HEADER:
-            image_deployment = value
+        elif key == IMAGE_DEPLOYMENT_HEADER:  # twice: both reach Azure, so both are checked (a list is no name)
+            image_deployment = image_deployment + "," + value if image_deployment else value
     return RequestHead(method, path, content_type, authorization, api_key, not headers.end_of_stream, content_length,
                        image_deployment)
 

@@ -160,7 +160,11 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
         except CredentialError as exc:
             log.error("%s", exc)
             return 1
-        settings.entra_ready_path.unlink(missing_ok=True)  # a former run's: the new process makes its own
+        # A former run's marker and tokens (perhaps another identity's: the files are numbered by position in
+        # the settings): this run's token process makes its own; until then, requests get 503.
+        settings.entra_ready_path.unlink(missing_ok=True)
+        for stale in (*settings.socket_dir.glob("entra-*.token"), *settings.socket_dir.glob(".entra-*.token.*")):
+            stale.unlink(missing_ok=True)
     try:
         for path in paths + ([settings.breaker_paths.http, settings.breaker_paths.access_log] if breaker else []):
             prepare_socket(path)

@@ -82,7 +82,9 @@ def test_each_flavour_reaches_azure_with_its_token_and_nothing_else(
     gateway = _gateway(tmp_path_factory, entra_azure, upstream_pki, settings, env)
     try:
         before = len(entra_azure.requests())
-        with openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
+        # A client's own copy of the internal header the token travels in is removed on arrival.
+        with openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=CLIENT_KEY, max_retries=0,
+                           default_headers={"x-aoai-upstream-authorization": "Bearer forged"}) as client:
             for _ in range(3):  # two workers: both use the gateway's one token
                 assert client.chat.completions.create(model="gpt-4o", messages=MESSAGES).choices  # type: ignore[arg-type]
                 assert client.embeddings.create(model="text-embedding-3-small", input="x").data
@@ -92,6 +94,7 @@ def test_each_flavour_reaches_azure_with_its_token_and_nothing_else(
         assert len(arrived) == 7
         tokens = {r.headers["authorization"].removeprefix("Bearer ") for r in arrived}
         assert len(tokens) == 1 and all("api-key" not in r.headers for r in arrived)
+        assert all("x-aoai-upstream-authorization" not in r.headers for r in arrived)
         claims = _claims(tokens.pop())
         assert claims["flavour"] == flavour and claims["aud"] == "https://cognitiveservices.azure.com"
         asked = entra.of(flavour)[asked_before:]
@@ -115,9 +118,9 @@ def test_a_short_lived_token_is_replaced_before_it_expires_and_no_request_fails(
     entra, running = fake
     settings, env = _flavours(running.url, tmp_path_factory)["client_secret"]
     entra.lifetime_s = 40
+    asked_before = len(entra.of("client_secret"))
+    gateway = _gateway(tmp_path_factory, entra_azure, upstream_pki, settings, env)
     try:
-        asked_before = len(entra.of("client_secret"))
-        gateway = _gateway(tmp_path_factory, entra_azure, upstream_pki, settings, env)
         before = len(entra_azure.requests())
         deadline = time.monotonic() + 45
         with openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
@@ -125,8 +128,8 @@ def test_a_short_lived_token_is_replaced_before_it_expires_and_no_request_fails(
                 assert time.monotonic() < deadline, "no second token within 45 s"
                 assert client.embeddings.create(model="text-embedding-3-small", input="x").data  # never a 503
                 time.sleep(1)
-        stop_gateway(gateway)
     finally:
+        stop_gateway(gateway)
         entra.lifetime_s = 3600
     assert len(entra.of("client_secret")) - asked_before == 2
     assert "new token" in gateway.log.read_text()
@@ -137,8 +140,8 @@ def test_a_token_endpoint_down_answers_503_logged_once_and_recovers(
     entra, running = fake
     settings, env = _flavours(running.url, tmp_path_factory)["client_secret"]
     entra.down = True
+    gateway = _gateway(tmp_path_factory, entra_azure, upstream_pki, settings, env, workers=1)
     try:
-        gateway = _gateway(tmp_path_factory, entra_azure, upstream_pki, settings, env, workers=1)
         before = len(entra_azure.requests())
         with openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
             for _ in range(3):
@@ -159,8 +162,8 @@ def test_a_token_endpoint_down_answers_503_logged_once_and_recovers(
                 except openai.InternalServerError:
                     assert time.monotonic() < deadline, "no token 30 s after the endpoint came back"
                     time.sleep(0.5)
-        stop_gateway(gateway)
     finally:
+        stop_gateway(gateway)
         entra.down = False
     log = gateway.log.read_text()
     assert log.count("no token for") == 1, log  # once per failure streak, not per attempt or request

@@ -64,6 +64,14 @@ def test_no_host_policy_where_there_is_no_key_of_the_gateways_for_a_page_to_spen
     assert "foreign-host" not in policies and "foreign-origin" in policies
 
 
+def test_beyond_loopback_listing_the_gateways_names_turns_the_host_rule_on(tmp_path: Path) -> None:
+    """The compose file's case: 0.0.0.0 inside a container published on 127.0.0.1."""
+    policies = rendered_rules(tmp_path, AZURE + "\nlisten: {address: 0.0.0.0, allowed_hosts: [envoy]}\n"
+                                        "clients: {allow_unauthenticated: true}", validate=True)
+    assert any(p.fullmatch("envoy:8080") for p in _host_patterns(policies))
+    assert not any(p.fullmatch("evil.example:8080") for p in _host_patterns(policies))
+
+
 def _host_patterns(policies: dict[str, Any]) -> list[re.Pattern[str]]:
     rules = policies["foreign-host"]["permissions"][0]["not_rule"]["or_rules"]["rules"]
     return [re.compile(rule["header"]["string_match"]["safe_regex"]["regex"]) for rule in rules

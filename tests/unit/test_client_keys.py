@@ -96,7 +96,9 @@ def test_a_key_with_a_model_list_gets_only_those_models(tmp_path: Path) -> None:
     assert isinstance(azure_form, Reply) and azure_form.status == 404
     allowed = t.on_headers(RequestHead("POST", "/openai/deployments/embed/embeddings?api-version=2024-10-21",
                                        "application/json", has_body=True, **b))
-    assert isinstance(allowed, Forward)
+    assert isinstance(allowed, AwaitBody)  # its body is read for deployments it names otherwise
+    forward = allowed.finish(b'{"input": "x"}')
+    assert isinstance(forward, Forward) and forward.body is None  # naming none: sent as it came
     for path in ("/v1/files", "/v1/batches", "/openai/files?api-version=2024-10-21", "/v1/responses/resp_1",
                  "/openai/v1/deployments/embed/embeddings", "/openai/deployments/embed/embeddings?deployment=chat"):
         refused = t.on_headers(RequestHead("GET", path, **b))
@@ -259,12 +261,14 @@ def test_a_limited_key_names_no_other_deployment_by_a_side_road(tmp_path: Path) 
     for allowed in (post(t, "/v1/embeddings", _naming("embed"), **b),
                     post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"},
                          image_deployment="images", **b),
-                    # the image tool's model by the model's name or its deployment's
-                    post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x",
-                                               "tools": [{"type": "image_generation", "model": "dall-e-3"}]}, **b),
+                    # the image tool's model by its deployment's name (a model's name would reach Azure as written,
+                    # and a deployment of that name may be another one)
                     post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x",
                                                "tools": [{"type": "image_generation", "model": "images"}]}, **b)):
         assert isinstance(allowed, Forward), allowed
+    by_model_name = post(t, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x",
+                                               "tools": [{"type": "image_generation", "model": "dall-e-3"}]}, **b)
+    assert isinstance(by_model_name, Reply) and by_model_name.status == 404
     # A key with every model: anything, as before.
     assert isinstance(post(t, "/v1/embeddings", _naming("chat"), authorization=f"Bearer {TEAM_A_KEY}"), Forward)
 
@@ -279,3 +283,68 @@ def test_unmapped_models_reject_holds_for_side_roads_too(tmp_path: Path) -> None
                     t.on_headers(RequestHead("GET", "/v1/models", image_deployment="secret-deployment", **a))):
         assert isinstance(refused, Reply) and refused.status == 404
         assert "secret-deployment" in orjson.loads(refused.body)["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [
+    # Readers differ on case (a case-insensitive one takes `Data_Sources`, or Azure's older camelCase): every
+    # such member is checked (duplicates: test_what_is_checked_is_what_azure_reads).
+    b'{"model": "text-embedding-3-small", "dataSources": [{"parameters": {"embeddingDependency": '
+    b'{"deploymentName": "chat"}}}]}',
+    b'{"model": "text-embedding-3-small", "Data_Sources": [{"Parameters": {"Embedding_Dependency": '
+    b'{"Deployment_Name": "chat"}}}]}',
+    b'{"model": "text-embedding-3-small", "tools": [{"type": "IMAGE_GENERATION", "model": "chat"}]}',
+    b'{"model": "text-embedding-3-small", "tools": [{"type": "image_generation", "Model": "chat", "model": "embed"}]}',
+])
+def test_a_side_road_hidden_by_duplicates_or_case_is_still_checked(tmp_path: Path, body: bytes) -> None:
+    t = Translator(compile_gateway(settings(tmp_path)))
+    decision = t.on_headers(RequestHead("POST", "/v1/embeddings", "application/json",
+                                        authorization=f"Bearer {TEAM_B_KEY}", has_body=True))
+    assert isinstance(decision, AwaitBody)
+    refused = decision.finish(body)
+    assert isinstance(refused, Reply) and refused.status == 404 and b"chat" in refused.body
+
+
+def test_what_is_checked_is_what_azure_reads(tmp_path: Path) -> None:
+    """A body with such members at all goes on as the document that was checked, written out again: a duplicate
+    the check did not see (the first `deployment_name` below) is gone."""
+    t = Translator(compile_gateway(settings(tmp_path)))
+    body = (b'{"model": "text-embedding-3-small", "input": "x", "data_sources": [{"parameters": {"embedding_dependency":'
+            b' {"deployment_name": "chat", "deployment_name": "embed"}}}]}')
+    for head in (RequestHead("POST", "/v1/embeddings", "application/json", authorization=f"Bearer {TEAM_B_KEY}",
+                             has_body=True),
+                 RequestHead("POST", "/openai/deployments/embed/embeddings?api-version=2024-10-21", "application/json",
+                             authorization=f"Bearer {TEAM_B_KEY}", has_body=True)):
+        decision = t.on_headers(head)
+        assert isinstance(decision, AwaitBody)
+        forward = decision.finish(body)
+        assert isinstance(forward, Forward) and forward.body is not None
+        sent = orjson.loads(forward.body)
+        assert sent["data_sources"][0]["parameters"]["embedding_dependency"] == {"deployment_name": "embed"}
+        assert b'"chat"' not in forward.body
+        hidden = decision.finish(b'{"model": "text-embedding-3-small", "data_sources": [{"parameters": '
+                                 b'{"embedding_dependency": {"deployment_name": "chat"}}}], "data_sources": []}')
+        assert isinstance(hidden, Forward) and hidden.body is not None and b'"chat"' not in hidden.body
+    # Azure's own form for a limited key: its body is read, the side road refused.
+    azure_form = t.on_headers(RequestHead("POST", "/openai/deployments/embed/chat/completions?api-version=2024-10-21",
+                                          "application/json", authorization=f"Bearer {TEAM_B_KEY}", has_body=True))
+    assert isinstance(azure_form, AwaitBody)
+    refused = azure_form.finish(orjson.dumps(_naming("chat")))
+    assert isinstance(refused, Reply) and refused.status == 404
+
+
+def test_the_image_header_sent_twice_is_checked_as_both(tmp_path: Path) -> None:
+    from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    from extproc.processor.messages import request_head
+
+    headers = pb.HttpHeaders(headers=HeaderMap(headers=[
+        HeaderValue(key=":method", raw_value=b"POST"), HeaderValue(key=":path", raw_value=b"/v1/embeddings"),
+        HeaderValue(key="x-ms-oai-image-generation-deployment", raw_value=b"chat"),
+        HeaderValue(key="x-ms-oai-image-generation-deployment", raw_value=b"images")]))
+    head = request_head(headers)._replace(authorization=f"Bearer {TEAM_B_KEY}")
+    assert head.image_deployment == "chat,images"
+    decision = Translator(compile_gateway(settings(tmp_path))).on_headers(head)
+    assert isinstance(decision, AwaitBody)
+    refused = decision.finish(b'{"model": "text-embedding-3-small", "input": "x"}')
+    assert isinstance(refused, Reply) and refused.status == 404

@@ -177,7 +177,7 @@ async def test_failures_are_logged_once_per_streak_and_the_token_published_owner
     assert path.stat().st_ino == published
     await keeper.once()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2 and "AADSTS7000215" in errors[0] and "more" not in errors[0]
+    assert len(errors) == 2 and "AADSTS7000215" in errors[0] and "provided. more;" in errors[0]  # one line
     assert any("a token again after 2 failed attempts" in r.getMessage() for r in caplog.records)
     assert not any("tok-1" in r.getMessage() for r in caplog.records)
 
@@ -223,7 +223,8 @@ def test_the_token_passes_envoys_credential_removal_under_another_name(tmp_path:
     envoy_config.validate(envoy_config.write(config, tmp_path / "envoy.yaml"))
     without = orjson.dumps(envoy_config.render(settings(tmp_path, "azure: {endpoint: 'https://m.openai.azure.com',"
                                                                   " api_key: k}"), None))
-    assert b"x-aoai-upstream-authorization" not in without
+    assert b"%REQ(x-aoai-upstream-authorization)%" not in without  # (clients' copies are still removed on arrival)
+    assert b'{"remove":"x-aoai-upstream-authorization"}' in without
 
 
 def test_a_pool_member_on_entra_gets_the_token_in_its_try(tmp_path: Path) -> None:
@@ -245,20 +246,52 @@ def test_the_ready_marker_is_made_after_the_first_attempts(tmp_path: Path, monke
     """A first attempt that fails counts: the gateway starts, answering 503 until a token comes."""
     from extproc.identity import service
 
-    loaded = settings(tmp_path, AZURE.replace("auth: entra", "entra: {tenant_id: t, client_id: c, "
-                                              "client_secret_env: S, authority_host: 'https://127.0.0.1:9'}"))
+    loaded = settings(tmp_path, AZURE)
     loaded.socket_dir.mkdir(parents=True)
-    monkeypatch.setenv("S", "secret")
+    attempts: list[bool] = []
+
+    class Recording(_Credential):
+        async def get_token_info(self, scope: str):  # noqa: ANN201
+            attempts.append(loaded.entra_ready_path.exists())  # the marker is not there yet
+            raise RuntimeError("the endpoint is down")
+
+        async def close(self) -> None:
+            attempts.append(True)
+
+    monkeypatch.setattr(service, "make_credential", lambda entra: Recording([]))
 
     async def run() -> None:
         task = asyncio.create_task(service.serve_tokens(loaded))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 10
         while not loaded.entra_ready_path.exists():
             assert time.monotonic() < deadline and not task.done()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(run())
-    assert not loaded.token_path(loaded.entra_credentials[0]).exists()  # nothing listens there: no token
+    assert attempts == [False, True]  # one attempt, then the marker; the credential closed at the end
+    assert not loaded.token_path(loaded.entra_credentials[0]).exists()
+
+
+async def test_a_token_file_that_cannot_be_written_is_a_failed_attempt_not_the_end(tmp_path: Path) -> None:
+    later = time.time() + 3600
+    keeper = TokenKeeper(_Credential([_Info("tok-1", later), _Info("tok-1", later)]), "s", tmp_path / "no" / "dir" / "t",
+                         "managed identity")
+    assert await keeper.once() == 1 and keeper.failures == 1  # the folder is missing: retried
+    (tmp_path / "no" / "dir").mkdir(parents=True)
+    assert await keeper.once() > 1000 and keeper.failures == 0
+
+
+async def test_waits_follow_the_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    from extproc.identity import keeper
+
+    monkeypatch.setattr(keeper, "SLEEP_SLICE_S", 0.02)
+    now = [1000.0]
+    await asyncio.wait_for(keeper.sleep_until(now[0] - 5, lambda: now[0]), 1)  # past: at once
+    waiting = asyncio.create_task(keeper.sleep_until(now[0] + 3600, lambda: now[0]))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    now[0] += 7200  # the host slept: the wall clock moved, asyncio's did not
+    await asyncio.wait_for(waiting, 1)  # noticed at the next slice

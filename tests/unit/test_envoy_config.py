@@ -155,7 +155,8 @@ def test_only_the_ext_procs_decision_reaches_an_upstream(tmp_path: Path, tls) ->
     for listener in config["static_resources"]["listeners"]:
         hcm = connection_manager(listener)
         (early,) = hcm["early_header_mutation_extensions"]
-        assert early["typed_config"]["mutations"] == [{"remove": ROUTE_HEADER}]
+        # (and the internal header an Entra ID token travels in: never a client's)
+        assert early["typed_config"]["mutations"] == [{"remove": ROUTE_HEADER}, {"remove": "x-aoai-upstream-authorization"}]
         (vhost,) = hcm["route_config"]["virtual_hosts"]
         clusters = {c["name"] for c in config["static_resources"]["clusters"]}
         # Every route leads to a cluster; those that exist are reached only with the ext_proc's header.

@@ -482,7 +482,12 @@ class TestRejectPolicyInAzureForm:
     def test_a_mapped_deployment_passes(self, deployment: str) -> None:
         path = f"/openai/deployments/{deployment}/chat/completions"
         decision = make(self.ENV).on_headers(RequestHead("POST", path, has_body=True))
-        assert decision == Forward(path + "?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
+        # The body is read for the deployments it may name besides the path's ("on your data", the image tool).
+        assert isinstance(decision, AwaitBody)
+        assert decision.finish(b'{"messages": []}') == Forward(path + "?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
+        refused = decision.finish(b'{"data_sources": [{"parameters": {"embedding_dependency": '
+                                  b'{"deployment_name": "secret-dep"}}}]}')
+        assert isinstance(refused, Reply) and refused.status == 404
 
     @pytest.mark.parametrize("path", [
         "/openai/deployments/prod%2D4o/chat/completions",  # encoded: a deployment name never needs it
