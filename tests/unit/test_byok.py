@@ -93,3 +93,9 @@ def test_byok_is_exclusive_with_client_keys_and_rendered_only_when_on(tmp_path: 
     assert resolver["typed_config"]["resolvers"] == [{"socket_address": {"address": "127.0.0.1", "port_value": 53}}]
     off = orjson.dumps(envoy_config.render(settings(tmp_path, "false"), None)).decode()
     assert '"byok"' not in off and "dynamic_forward_proxy" not in off and "allow_all_routing" not in off
+
+
+@pytest.mark.parametrize("resolver", ["999.1.1.1:53", "10.0.0.1:70000", "dns.example:53", "10.0.0.1"])
+def test_the_dns_resolver_is_an_address_and_port(tmp_path: Path, resolver: str) -> None:
+    with pytest.raises(ConfigError, match="dns_resolver"):
+        settings(tmp_path, f"{{dns_resolver: '{resolver}'}}")

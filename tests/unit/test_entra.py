@@ -295,3 +295,41 @@ async def test_waits_follow_the_wall_clock(monkeypatch: pytest.MonkeyPatch) -> N
     assert not waiting.done()
     now[0] += 7200  # the host slept: the wall clock moved, asyncio's did not
     await asyncio.wait_for(waiting, 1)  # noticed at the next slice
+
+
+def test_a_backend_without_a_token_fails_only_its_own_requests(tmp_path: Path) -> None:
+    """The default backend on Entra ID without a token: a model on another backend is still served, and a pool
+    member without one gets no try while the others serve."""
+    loaded = settings(tmp_path, AZURE + "\nbackends: {east: {endpoint: 'https://e.openai.azure.com', api_key: k}}\n"
+                                        "models: {gpt-4o: chat, cheap: [{backend: east, deployment: c}], "
+                                        "both: [{backend: default, deployment: a}, {backend: east, deployment: b}]}")
+    loaded.socket_dir.mkdir(parents=True)
+    translator = Translator(compile_gateway(loaded, trips=None))
+
+    def send(model: str) -> Forward | Reply:
+        decision = translator.on_headers(RequestHead("POST", "/v1/chat/completions", "application/json", has_body=True))
+        assert isinstance(decision, AwaitBody)
+        return decision.finish(orjson.dumps({"model": model}))
+
+    refused = send("gpt-4o")
+    assert isinstance(refused, Reply) and refused.status == 503
+    cheap = send("cheap")
+    assert isinstance(cheap, Forward) and [t.credential for t in cheap.tries] == [(("api-key", "k"),)]
+    both = send("both")
+    assert isinstance(both, Forward) and [t.member for t in both.tries] == ["1"]  # member 0 has no token
+
+
+@pytest.mark.parametrize(("entra", "message"), [
+    ("{kind: managed_identity, client_id: x}", "managed_identity_client_id"),
+    ("{client_id: x}", "takes no client_id"),
+    ("{kind: managed_identity, authority_host: 'https://login.microsoftonline.us'}", "authority_host"),
+])
+def test_settings_that_would_quietly_mean_another_identity_are_refused(tmp_path: Path, entra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings(tmp_path, AZURE.replace("auth: entra", f"entra: {entra}"))
+
+
+def test_default_spelled_or_not_is_one_credential(tmp_path: Path) -> None:
+    loaded = settings(tmp_path, AZURE + "\nbackends: {east: {endpoint: 'https://e.openai.azure.com', "
+                                        "entra: {kind: default}}}")
+    assert len(loaded.entra_credentials) == 1
