@@ -288,6 +288,7 @@ def _cors(settings: Settings, listeners: list[dict[str, Any]]) -> None:
 
 
 CLIENT_HEADER = "x-aoai-client"  # extproc/processor/messages.py sets it with client keys
+SET_FILTER_STATE_FILTER = "envoy.filters.http.set_filter_state"
 MIN_FILL_MS = 50  # Envoy's finest token bucket refill
 
 
@@ -324,6 +325,10 @@ def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
                     if http_filter["name"] == "envoy.filters.http.header_mutation":
                         mutations = http_filter["typed_config"]["mutations"]["request_mutations"]
                         mutations[:] = [m for m in mutations if m.get("remove") != CLIENT_HEADER]
+            if not settings.clients.keys:  # no key's name to log
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != SET_FILTER_STATE_FILTER]
+                for log in hcm.get("access_log", []):
+                    log["typed_config"]["log_format"]["json_format"].pop("client", None)
             if not limited:
                 mappers = hcm.get("local_reply_config", {}).get("mappers", [])
                 mappers[:] = [m for m in mappers if "local_rate_limited" not in str(m.get("filter"))]

@@ -4,6 +4,8 @@ out, decided before anything reaches Azure (the emulator's journal shows what di
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -51,6 +53,27 @@ def test_a_known_key_reaches_azure_as_the_gateways_key(gateway: Gateway, azure: 
     [recorded] = azure.requests()[before:]
     assert recorded.headers["api-key"] == SERVER_KEY and "authorization" not in recorded.headers
     assert TEAM_A not in str(recorded.headers)
+
+
+def test_the_access_log_names_the_key(gateway: Gateway) -> None:
+    """Each line says whose key it was (its name, never the key): Envoy keeps the ext_proc's name for its log."""
+    def logged() -> list[dict]:
+        return [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith('{"bytes_in"')]
+
+    def count(entries: list[dict], client: str | None, status: int) -> int:
+        return sum(1 for e in entries if e.get("client") == client and e["status"] == status)
+
+    before = logged()
+    with httpx.Client(base_url=gateway.http_url) as http:
+        assert http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"},
+                         headers={"Authorization": f"Bearer {TEAM_B}"}).status_code == 200
+        assert http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"}).status_code == 401
+    deadline = time.monotonic() + 10
+    while not (count(now := logged(), "team-b", 200) > count(before, "team-b", 200)
+               and count(now, None, 401) > count(before, None, 401)):  # Envoy writes its log in batches
+        assert time.monotonic() < deadline, now[-3:]
+        time.sleep(0.2)
+    assert TEAM_B not in gateway.log.read_text()
 
 
 @pytest.mark.parametrize("key", ["sk-aoai-not-a-key", ""])

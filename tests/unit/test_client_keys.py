@@ -179,6 +179,10 @@ def test_the_older_proxies_address_variable_is_held_to_the_same_rule(tmp_path: P
         load_settings(path, env=env)
 
 
+def _hcm(config: dict) -> dict:
+    return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
 def _http_filters(config: dict) -> list[dict]:
     return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
 
@@ -206,6 +210,14 @@ def test_requests_per_minute_is_one_envoy_token_bucket_per_key(tmp_path: Path) -
         tokens, fill_ms = _refill(rate)
         assert fill_ms >= 50 and tokens * 60_000 == rate * fill_ms, rate  # exactly the rate
     assert rate_limit["response_headers_to_add"][0]["header"] == {"key": "retry-after", "value": "20"}
+    log_format = _hcm(config)["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    assert log_format["client"] == "%FILTER_STATE(aoai.client:PLAIN)%"  # the key's name in each line
+    names = [f["name"] for f in _http_filters(config)]
+    assert names.index("envoy.filters.http.set_filter_state") < names.index("envoy.filters.http.header_mutation")
+    no_keys = envoy_config.render(settings(tmp_path, "azure: {endpoint: https://m.openai.azure.com, api_key: k}\n"
+                                                     "state_dir: {state}\nlisten: {https_port: null}\n"), None)
+    assert "set_filter_state" not in orjson.dumps(no_keys).decode()
+    assert "client" not in _hcm(no_keys)["access_log"][0]["typed_config"]["log_format"]["json_format"]
     without = envoy_config.render(settings(tmp_path), None)  # keys, no rates: no filter, the header still removed
     assert "envoy.filters.http.local_ratelimit" not in [f["name"] for f in _http_filters(without)]
     assert "x-aoai-client" in orjson.dumps(without).decode()
