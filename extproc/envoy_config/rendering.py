@@ -308,15 +308,20 @@ def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
     (without them the config is what it was). A minute's worth may come at once; the bucket refills
     evenly (Envoy's finest fill is 50 ms)."""
     limited = [key for key in settings.clients.keys if key.requests_per_minute]
-    descriptors, retry_after = [], 1
+    descriptors, slower = [], []
     for key in limited:
         rate = key.requests_per_minute or 1
         tokens, fill_ms = _refill(rate)
         descriptors.append({"entries": [{"key": "client", "value": key.name}], "token_bucket": {
             "max_tokens": rate, "tokens_per_fill": tokens, "fill_interval": _seconds(fill_ms / 1000)}})
-        retry_after = max(retry_after, math.ceil(fill_ms / 1000))
+        if (wait := math.ceil(fill_ms / 1000)) > 1:  # the filter says 1 s; a slower key's own reply says more
+            slower.append((key.name, wait))
+    done: set[int] = set()  # the HTTPS listener shares its connection manager with the HTTP one
     for listener in listeners:
         for hcm in _connection_managers(listener):
+            if id(hcm) in done:
+                continue
+            done.add(id(hcm))
             if not settings.clients.keys:
                 for early in hcm.get("early_header_mutation_extensions", []):
                     mutations = early["typed_config"]["mutations"]
@@ -329,9 +334,14 @@ def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
                 hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != SET_FILTER_STATE_FILTER]
                 for log in hcm.get("access_log", []):
                     log["typed_config"]["log_format"]["json_format"].pop("client", None)
+            mappers = hcm.get("local_reply_config", {}).get("mappers", [])
             if not limited:
-                mappers = hcm.get("local_reply_config", {}).get("mappers", [])
                 mappers[:] = [m for m in mappers if "local_rate_limited" not in str(m.get("filter"))]
+            elif slower:
+                # Each slower key's Retry-After: its own refill (its name is still on the request when the
+                # rate limit answers), in copies of the rate limit's reply placed before it.
+                at = next(i for i, m in enumerate(mappers) if "local_rate_limited" in str(m.get("filter")))
+                mappers[at:at] = [_with_retry_after(mappers[at], name, wait) for name, wait in slower]
             filters = hcm["http_filters"]
             for http_filter in list(filters):
                 if http_filter["name"] != "envoy.filters.http.local_ratelimit":
@@ -340,7 +350,16 @@ def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
                     filters.remove(http_filter)
                     continue
                 http_filter["typed_config"]["descriptors"] = descriptors
-                http_filter["typed_config"]["response_headers_to_add"][0]["header"]["value"] = str(retry_after)
+
+
+def _with_retry_after(mapper: dict[str, Any], client: str, seconds: int) -> dict[str, Any]:
+    """The rate limit's reply mapper for one key only, with that key's Retry-After."""
+    keyed = copy.deepcopy(mapper)
+    keyed["filter"] = {"and_filter": {"filters": [mapper["filter"], {"header_filter": {"header": {
+        "name": CLIENT_HEADER, "string_match": {"exact": client}}}}]}}
+    keyed["headers_to_add"] = [{"header": {"key": "retry-after", "value": str(seconds)},
+                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    return keyed
 
 
 def _breaker_log(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:

@@ -209,7 +209,14 @@ def test_requests_per_minute_is_one_envoy_token_bucket_per_key(tmp_path: Path) -
     for rate in (1, 3, 7, 600, 1200, 1300, 1799, 1800, 2999, 5000, 6000, 123457, 6_000_000):
         tokens, fill_ms = _refill(rate)
         assert fill_ms >= 50 and tokens * 60_000 == rate * fill_ms, rate  # exactly the rate
-    assert rate_limit["response_headers_to_add"][0]["header"] == {"key": "retry-after", "value": "20"}
+    assert rate_limit["response_headers_to_add"][0]["header"] == {"key": "retry-after", "value": "1"}
+    # team-a (3 a minute) has its own reply saying 20 s; team-b (6,000) keeps the filter's 1 s.
+    mappers = _hcm(config)["local_reply_config"]["mappers"]
+    keyed = [m for m in mappers if "header_filter" in str(m["filter"])]
+    assert len(keyed) == 1 and keyed[0]["headers_to_add"][0]["header"] == {"key": "retry-after", "value": "20"}
+    assert keyed[0]["filter"]["and_filter"]["filters"][1]["header_filter"]["header"]["string_match"] == {"exact": "team-a"}
+    assert mappers.index(keyed[0]) + 1 == next(i for i, m in enumerate(mappers)
+                                               if "local_rate_limited" in str(m["filter"]) and m is not keyed[0])
     log_format = _hcm(config)["access_log"][0]["typed_config"]["log_format"]["json_format"]
     assert log_format["client"] == "%FILTER_STATE(aoai.client:PLAIN)%"  # the key's name in each line
     names = [f["name"] for f in _http_filters(config)]
