@@ -6,6 +6,7 @@ directory, so the project's own renderer and the real Envoy can check them here.
 from __future__ import annotations
 
 import shlex
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -67,9 +68,15 @@ class Flavour:
         """The settings as the ext_proc sees them in its container (container paths)."""
         env = dict(self.env)
         config_path = env.pop("AOAI_GATEWAY_CONFIG", None)
+        text = self.files[config_path] if config_path else ""
+        document = yaml.safe_load(text) or {}
+        for i, entry in enumerate(document.get("clients", {}).get("keys", [])):
+            if "key_file" in entry:  # the operator's Secret, not in the container here: a digest stands in
+                entry.pop("key_file")
+                entry["key_sha256"] = f"{i:064x}"
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "config.yaml"
-            config.write_text(self.files[config_path] if config_path else "")
+            config.write_text(yaml.safe_dump(document))
             return load_settings(config, env=env)
 
 
@@ -140,6 +147,8 @@ def kubernetes_flavours() -> list[Flavour]:
                     assert config_map is not None
                     for key, content in config_map["data"].items():
                         files[f"{path}/{key}"] = content
+                if "secret" in volume and "client-keys" in volume["secret"]["secretName"]:
+                    continue  # its files are the config's clients.keys[].key_file (materialize writes them)
                 if "secret" in volume:
                     tls_files.append((f"{path}/tls.crt", f"{path}/tls.key"))
             assert envoy["command"] == ["/usr/local/bin/envoy"]
@@ -278,6 +287,13 @@ def materialize(flavour: Flavour, root: Path, overrides: dict[str, Any] | None =
                     config[section] = values
             content = yaml.safe_dump(config)
         host.write_text(content)
+    # Client keys read from files (a Secret's): a key each, as the operator's Secret would hold.
+    if config_path is not None and config_path in flavour.files:
+        for entry in (yaml.safe_load(flavour.files[config_path]) or {}).get("clients", {}).get("keys", []):
+            if "key_file" in entry:
+                host = Path(remap(entry["key_file"], paths))
+                host.parent.mkdir(parents=True, exist_ok=True)
+                host.write_text("sk-aoai-" + secrets.token_hex(16) + "\n")
     for cert, key in flavour.tls_files:
         dev = ensure_dev_certificates(root / "tls-source")
         Path(remap(cert, paths)).write_bytes(dev.server_cert.read_bytes())

@@ -36,6 +36,7 @@ KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
 EXTERNAL_SECRETS = {
     "aoai-gateway-azure": {"AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"},
     "aoai-gateway-tls": {"tls.crt", "tls.key"},
+    "aoai-gateway-client-keys": {"app"},  # overlays/production: one file per app key
 }
 SKIP_MISSING_TOOLS_ENV = "AOAI_GATEWAY_DEPLOY_SKIP_MISSING_TOOLS"
 
