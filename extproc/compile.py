@@ -75,14 +75,25 @@ def compile_gateway(settings: Settings, created: int | None = None, trips: TripB
         limits=Limits(settings.limits.max_request_body_bytes),
         trips=trips or (BoardReader(settings.breaker_paths.trips, len(settings.circuits)) if settings.pools else NoTrips()),
         default_model=settings.default_model,
-        clients=ClientKeys({
-            key.key_sha256: Client(key.name, None if key.models is None else frozenset(key.models))
-            for key in settings.clients.keys
-        }) if settings.clients.keys else None,
+        clients=_client_keys(settings),
         byok=ByokTarget(byok.host_suffix, byok.port, BYOK_CLUSTER) if (byok := settings.clients.byok_settings) else None,
     )
 
 
-def refreshable_credentials(gateway: Gateway) -> list[ApiKeyFile | EntraToken]:
-    """The providers whose source can change under a running worker (key files, Entra ID tokens)."""
-    return [b.credential for b in gateway.backends.values() if isinstance(b.credential, (ApiKeyFile, EntraToken))]
+def _client_keys(settings: Settings) -> ClientKeys | None:
+    if not settings.clients.keys:
+        return None
+    clients = {key.name: Client(key.name, None if key.models is None else frozenset(key.models))
+               for key in settings.clients.keys}
+    return ClientKeys({key.key_sha256: clients[key.name] for key in settings.clients.keys},
+                      {key.key_file: (clients[key.name], key.key_sha256) for key in settings.clients.keys
+                       if key.key_file is not None})
+
+
+def refreshable_credentials(gateway: Gateway) -> list[ApiKeyFile | EntraToken | ClientKeys]:
+    """What can change under a running worker: key files (Azure's and the clients'), Entra ID tokens."""
+    found: list[ApiKeyFile | EntraToken | ClientKeys] = [
+        b.credential for b in gateway.backends.values() if isinstance(b.credential, (ApiKeyFile, EntraToken))]
+    if gateway.clients is not None and gateway.clients.has_files:
+        found.append(gateway.clients)
+    return found

@@ -74,7 +74,7 @@ def _client_keys_from_sources(raw: dict[str, Any], env: Mapping[str, str]) -> No
                 raise ConfigError(f"clients.keys[{i}].key_env: the variable {variable!r} is not set or empty")
             entry["key_sha256"] = key_digest(key)
         elif "key_file" in entry:
-            path = Path(str(entry.pop("key_file"))).expanduser()
+            path = Path(str(entry["key_file"])).expanduser()  # kept: the worker re-reads it when it changes
             try:
                 key = read_key_file(path, f"clients.keys[{i}].key_file")
             except CredentialError as exc:

@@ -295,6 +295,7 @@ class ClientKeySettings(_Strict):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     key_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    key_file: Path | None = None  # where key_sha256 was read from (loading.py): re-read when it changes
     models: list[str] | None = None  # what the key may use; None: every model
     # Enforced by Envoy (one token bucket per key for the whole gateway): a minute's worth may come at once,
     # then the bucket refills evenly; over it, 429 with Retry-After.

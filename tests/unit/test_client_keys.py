@@ -367,3 +367,31 @@ def test_the_image_header_sent_twice_is_checked_as_both(tmp_path: Path) -> None:
     assert isinstance(decision, AwaitBody)
     refused = decision.finish(b'{"model": "text-embedding-3-small", "input": "x"}')
     assert isinstance(refused, Reply) and refused.status == 404
+
+
+def test_a_key_file_is_read_again_when_it_changes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A rotated Secret: the new key works at the worker's next refresh, the old one no longer does; a file that
+    goes missing keeps the key read before (a Secret being rewritten must not lock its client out)."""
+    import os
+    import time
+
+    from extproc.compile import refreshable_credentials
+
+    key_file = tmp_path / "team-c.key"
+    key_file.write_text("sk-aoai-first\n")
+    text = CONFIG.replace("clients:\n  keys:\n", "clients:\n  keys:\n    - {name: team-c, key_file: team-c.key}\n")
+    gateway = compile_gateway(settings(tmp_path, text))
+    clients = gateway.clients
+    assert clients is not None and clients in refreshable_credentials(gateway)
+    assert clients.identify("Bearer sk-aoai-first", "").name == "team-c"  # type: ignore[union-attr]
+    assert clients.refresh() is False  # unchanged: a stat, no read
+    key_file.write_text("sk-aoai-second\n")
+    os.utime(key_file, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert clients.refresh() is True
+    assert clients.identify("Bearer sk-aoai-first", "") is None
+    assert clients.identify("Bearer sk-aoai-second", "").name == "team-c"  # type: ignore[union-attr]
+    assert clients.identify(f"Bearer {TEAM_A_KEY}", "").name == "team-a"  # type: ignore[union-attr]
+    key_file.unlink()
+    assert clients.refresh() is False
+    assert clients.identify("Bearer sk-aoai-second", "").name == "team-c"  # type: ignore[union-attr]
+    assert "sk-aoai" not in caplog.text
