@@ -171,15 +171,14 @@ class Translator:
             refused = self._side_roads_checked(head, BodyModel(None), {self._models.default_backend}, allowed)
             if isinstance(refused, Reply):
                 return refused
-        if head.method != "POST" or not head.has_body:
+        # A form (an audio upload) names no other deployment: it streams on unread, past the body limit.
+        if head.method != "POST" or not head.has_body or is_multipart(head.content_type):
             return decision
         if (too_large := self._too_large(head)) is not None:
             return too_large
         content_type = head.content_type
 
         def finish(body: bytes) -> BodyDecision:
-            if is_multipart(content_type):  # a form names no other deployment
-                return decision
             found = read_model(body, content_type, require_object=False)
             if isinstance(found, Reply):
                 return found
