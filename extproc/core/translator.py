@@ -7,7 +7,10 @@ on it for requests without a body and for a request of headers and trailers alon
 
 URL families, each handled by one method: an endpoint whose model is in the body (`_model_in_body`),
 an endpoint decided from the headers (`_resource`), `/v1/models` (`ModelsEndpoint`), and requests
-already in Azure form (`_azure_form`). Anything else is a 404.
+already in Azure form (`_azure_form`). Anything else is a 404. Before them: the client key
+(`_client_key_first`, then `_restricted` for a key with a model list) or a bring-your-own-key key
+(`_own_resource`); after them, for limited keys and `unmapped_models: reject`, the deployments a request
+names besides its model (`_side_roads_checked`).
 """
 
 from __future__ import annotations
