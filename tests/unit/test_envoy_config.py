@@ -191,7 +191,7 @@ def test_paths_credentials_and_errors_are_hardened(tmp_path: Path, tls) -> None:
         assert hcm["request_headers_timeout"] == "10s" and hcm["request_timeout"] == "0s"
         names = [f["name"] for f in hcm["http_filters"]]
         assert names == ["envoy.filters.http.rbac", "envoy.filters.http.ext_proc", "envoy.filters.http.header_mutation",
-                         "envoy.filters.http.router"]
+                         "envoy.filters.http.lua", "envoy.filters.http.router"]  # lua: token usage from answers
         removed = [m["remove"] for m in hcm["http_filters"][2]["typed_config"]["mutations"]["request_mutations"]]
         assert removed == ["authorization", "proxy-authorization", "cookie", "x-api-key", "ocp-apim-subscription-key",
                            "x-goog-api-key"]
