@@ -1,0 +1,51 @@
+"""Token usage in Envoy's access log, read from each answer as it streams past (envoy/envoy.yaml's Lua filter):
+the counts equal what the emulator's answer reported, for JSON answers and SSE streams (chat with
+stream_options.include_usage, the Responses API's response.completed), through the real Envoy and SDK."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+
+from .conftest import Gateway
+
+MESSAGES = [{"role": "user", "content": "Count my tokens, please"}]
+
+
+def _log_lines(gateway: Gateway) -> list[dict]:
+    return [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith('{"bytes_in"')]
+
+
+def test_the_access_log_has_each_answers_token_usage(gateway: Gateway) -> None:
+    before = len(_log_lines(gateway))
+    expected = []
+    with openai.OpenAI(base_url=gateway.http_url + "/v1", api_key="client", max_retries=0) as client:
+        chat = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        expected.append((chat.usage.prompt_tokens, chat.usage.completion_tokens, chat.usage.total_tokens))
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+                                                     stream_options={"include_usage": True}))
+        usage = chunks[-1].usage
+        assert usage is not None and len(chunks) > 3  # a real stream, its usage in the final chunk
+        expected.append((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens))
+        completion = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say this is a test")
+        expected.append((completion.usage.prompt_tokens, completion.usage.completion_tokens,
+                         completion.usage.total_tokens))
+        embedding = client.embeddings.create(model="text-embedding-3-small", input=["one two three", "four"])
+        expected.append((embedding.usage.prompt_tokens, None, embedding.usage.total_tokens))
+        response = client.responses.create(model="gpt-4o", input="Hello there")
+        expected.append((response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens))
+        with client.responses.stream(model="gpt-4o", input="Hello stream") as stream:
+            final = stream.get_final_response()
+        expected.append((final.usage.input_tokens, final.usage.output_tokens, final.usage.total_tokens))
+        plain = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        assert all(chunk.usage is None for chunk in plain)  # no include_usage: the stream reports none
+        expected.append((None, None, None))
+    deadline = time.monotonic() + 15
+    while len(lines := _log_lines(gateway)[before:]) < len(expected):  # Envoy writes its log in batches
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.2)
+    logged = [(line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) for line in lines]
+    assert logged == expected
+    assert all(isinstance(count, int) and count > 0 for row in expected[:-1] for count in row if count is not None)
