@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
+import httpx
 import openai
 
 from .conftest import Gateway
@@ -18,8 +20,22 @@ def _log_lines(gateway: Gateway) -> list[dict]:
     return [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith('{"bytes_in"')]
 
 
+def _mark(gateway: Gateway) -> int:
+    """A request with a path of its own (the ext_proc answers it): once its line is in the log, so is every line
+    of the requests before it (Envoy writes its log in batches, in order); the index of that line."""
+    marker = f"/v1/models/marker-{uuid.uuid4().hex}"
+    assert httpx.get(gateway.http_url + marker).status_code == 404
+    deadline = time.monotonic() + 15
+    while True:
+        found = [i for i, line in enumerate(_log_lines(gateway)) if line["path"] == marker]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, "the marker never reached the log"
+        time.sleep(0.1)
+
+
 def test_the_access_log_has_each_answers_token_usage(gateway: Gateway) -> None:
-    before = len(_log_lines(gateway))
+    before = _mark(gateway)
     expected = []
     with openai.OpenAI(base_url=gateway.http_url + "/v1", api_key="client", max_retries=0) as client:
         chat = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
@@ -42,10 +58,8 @@ def test_the_access_log_has_each_answers_token_usage(gateway: Gateway) -> None:
         plain = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
         assert all(chunk.usage is None for chunk in plain)  # no include_usage: the stream reports none
         expected.append((None, None, None))
-    deadline = time.monotonic() + 15
-    while len(lines := _log_lines(gateway)[before:]) < len(expected):  # Envoy writes its log in batches
-        assert time.monotonic() < deadline, lines
-        time.sleep(0.2)
+    after = _mark(gateway)
+    lines = _log_lines(gateway)[before + 1:after]  # between the two markers: these requests' lines, in order
     logged = [(line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) for line in lines]
     assert logged == expected
     assert all(isinstance(count, int) and count > 0 for row in expected[:-1] for count in row if count is not None)
