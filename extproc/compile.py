@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 from .auth.client import Client, ClientKeys
-from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, CredentialError, EntraToken, StaticApiKey, UpstreamCredential
+from .auth.keyfiles import CredentialError, KeyFile
+from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, EntraToken, StaticApiKey, UpstreamCredential
 from .config import BackendSettings, ConfigError, Settings
 from .core.catalogue import ENDPOINT_NAMES
 from .breaker.board import BoardReader
@@ -85,9 +86,12 @@ def _client_keys(settings: Settings) -> ClientKeys | None:
         return None
     clients = {key.name: Client(key.name, None if key.models is None else frozenset(key.models))
                for key in settings.clients.keys}
-    return ClientKeys({key.key_sha256: clients[key.name] for key in settings.clients.keys},
-                      {key.key_file: (clients[key.name], key.key_sha256) for key in settings.clients.keys
-                       if key.key_file is not None})
+    try:
+        files = {KeyFile(key.key_file, f"clients.keys ({key.name}).key_file"): clients[key.name]
+                 for key in settings.clients.keys if key.key_file is not None}
+    except CredentialError as exc:
+        raise ConfigError(str(exc)) from None
+    return ClientKeys({key.key_sha256: clients[key.name] for key in settings.clients.keys}, files)
 
 
 def refreshable_credentials(gateway: Gateway) -> list[ApiKeyFile | EntraToken | ClientKeys]:

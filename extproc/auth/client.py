@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
-log = logging.getLogger(__name__)
+from .keyfiles import KeyFile
 
 KEY_PREFIX = "sk-aoai-"
+# The client key's name, from the ext_proc to Envoy (its rate limit and access log read it, then it is removed).
+CLIENT_HEADER = "x-aoai-client"
 
 
 def presented_key(authorization: str, api_key: str) -> str | None:
@@ -40,45 +39,28 @@ class Client:
 
 class ClientKeys:
     """The configured client keys, held as SHA-256 digests only (the keys themselves are never stored). Keys
-    read from files (`files`: path -> the client and the digest read at start) are read again by `refresh()`
-    when a file changes (the worker's timer): a rotated key works, the old one no longer does."""
+    read from files (`files`, each with its client) are read again by `refresh()` when a file changes (the
+    worker's timer, auth/keyfiles.py): a rotated key works, the old one no longer does."""
 
-    def __init__(self, by_digest: Mapping[str, Client], files: Mapping[Path, tuple[Client, str]] | None = None) -> None:
+    def __init__(self, by_digest: Mapping[str, Client], files: Mapping[KeyFile, Client] | None = None) -> None:
         self._by_digest = dict(by_digest)
-        self._files = {path: [client, digest, _stamp(path)] for path, (client, digest) in (files or {}).items()}
+        self._files = dict(files or {})
 
     @property
     def has_files(self) -> bool:
         return bool(self._files)
 
     def refresh(self) -> bool:
-        """Re-read the key files that changed; True when one did. A file that is missing, unreadable or empty
-        keeps the key read before (logged once per change of the file): a Secret being rewritten must not lock
-        its client out."""
+        """Re-read the key files that changed; True when a key did."""
         changed = {}
-        for path, entry in self._files.items():
-            client, digest, stamp = entry
-            now = _stamp(path)
-            if now == stamp:
-                continue
-            entry[2] = now
-            try:
-                key = path.read_text().strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                log.error("clients.keys (%s): cannot read %s (%s); keeping the key read before", client.name, path,
-                          type(exc).__name__)
-                continue
-            if not key:
-                log.error("clients.keys (%s): %s is empty; keeping the key read before", client.name, path)
-                continue
-            if (new := key_digest(key)) != digest:
-                changed[digest] = new
-                entry[1] = new
-                log.info("clients.keys (%s): %s changed; using the new key", client.name, path)
+        for file in self._files:
+            old = file.key
+            if file.refresh() and old is not None and file.key is not None:
+                changed[key_digest(old)] = key_digest(file.key)
         if not changed:
             return False
-        by_digest = {changed.get(digest, digest): client for digest, client in self._by_digest.items()}
-        self._by_digest = by_digest  # one assignment: a request sees the old map or the new one
+        # One assignment: a request sees the old map or the new one.
+        self._by_digest = {changed.get(digest, digest): client for digest, client in self._by_digest.items()}
         return True
 
     def identify(self, authorization: str, api_key: str) -> Client | None:
@@ -88,14 +70,6 @@ class ClientKeys:
         if key is None:
             return None
         return self._by_digest.get(key_digest(key))
-
-
-def _stamp(path: Path) -> tuple[int, ...]:
-    try:
-        stat = os.stat(path)  # follows the ..data symlink a Secret volume swaps
-    except OSError:
-        return ()
-    return (stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def key_digest(key: str) -> str:

@@ -16,21 +16,21 @@ from pathlib import Path
 from typing import Protocol
 
 from .client import presented_key
+from .keyfiles import KeyFile, file_stamp
 
 log = logging.getLogger(__name__)
 
 # Header (name, value) pairs to set on the upstream request.
 Headers = tuple[tuple[str, str], ...]
 API_KEY_HEADER = "api-key"
+# The gateway's own Authorization (an Entra ID token) from the ext_proc to Envoy, past the filter that removes
+# clients' credentials (envoy/envoy.yaml), which then sets Authorization from it.
+UPSTREAM_AUTHORIZATION_HEADER = "x-aoai-upstream-authorization"
 
 
 def key_headers(key: str, bearer: bool = False) -> Headers:
     """Azure's `api-key: KEY`, or OpenAI's `Authorization: Bearer KEY`."""
     return (("authorization", "Bearer " + key),) if bearer else ((API_KEY_HEADER, key),)
-
-
-class CredentialError(Exception):
-    """A credential cannot be loaded (the message says where from, never what it holds)."""
 
 
 class UpstreamCredential(Protocol):
@@ -57,51 +57,22 @@ class StaticApiKey:
 
 
 class ApiKeyFile:
-    """A key read from a file, and read again when the file changes (its identity, size or time)."""
+    """A key read from a file, and read again when the file changes (auth/keyfiles.py KeyFile)."""
 
     reusable = True
 
     def __init__(self, path: Path, label: str = "api_key_file", bearer: bool = False) -> None:
-        self._path = path
-        self._label = label
+        self._file = KeyFile(path, label)
         self._bearer = bearer
-        self._stamp: tuple[int, ...] | None = None
-        self._headers: Headers = ()
-        self.refresh(strict=True)
+        self._headers: Headers = key_headers(self._file.key or "", bearer)
 
     def headers_for(self, authorization: str, api_key: str) -> Headers:
         return self._headers
 
     def refresh(self, *, strict: bool = False) -> bool:
-        """Re-read the file if it changed; True when a key is loaded. Once a key is loaded, a file
-        that becomes unreadable or empty keeps it (logged): a Secret being rewritten must not fail
-        requests. `strict` (at start) raises CredentialError instead."""
-        stamp: tuple[int, ...] = ()  # a missing file: reported once, until it changes again
-        try:
-            stat = os.stat(self._path)  # follows the ..data symlink a Secret volume swaps
-            stamp = (stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-            if stamp == self._stamp:
-                return bool(self._headers)
-            key = read_key_file(self._path, self._label)
-            if key is None:
-                raise CredentialError(f"{self._label}: {self._path} is empty")
-        except OSError as exc:
-            problem = CredentialError(f"{self._label}: cannot read {self._path}: {exc.strerror or exc}")
-            return self._keep(problem, stamp, strict)
-        except CredentialError as exc:
-            return self._keep(exc, stamp, strict)
-        if self._stamp is not None:
-            log.info("%s: %s changed; using the new key", self._label, self._path)
-        self._stamp = stamp
-        self._headers = key_headers(key, self._bearer)
-        return True
-
-    def _keep(self, problem: CredentialError, stamp: tuple[int, ...], strict: bool) -> bool:
-        if strict:
-            raise problem
-        if stamp != self._stamp:  # once per state of the file, not every refresh
-            log.error("%s; keeping the key read before", problem)
-            self._stamp = stamp
+        """Re-read the file if it changed; True when a key is loaded (the last one, if the file went bad)."""
+        if self._file.refresh(strict=strict):
+            self._headers = key_headers(self._file.key or "", self._bearer)
         return bool(self._headers)
 
 
@@ -141,13 +112,11 @@ class EntraToken:
         self.refresh()
         return self._headers if time.time() < self._valid_until else self.unavailable
 
-    def refresh(self, *, strict: bool = False) -> bool:
+    def refresh(self) -> bool:
         """Re-read the token file if it changed; True when a valid token is held."""
-        try:
-            stat = os.stat(self._path)
-        except OSError:
+        stamp = file_stamp(self._path)
+        if not stamp:
             return time.time() < self._valid_until
-        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if stamp != self._stamp:
             self._stamp = stamp
             try:
@@ -171,13 +140,3 @@ class ClientKeyAsApiKey:
     def headers_for(self, authorization: str, api_key: str) -> Headers | None:
         key = presented_key(authorization, api_key)
         return None if key is None else ((API_KEY_HEADER, key),)
-
-
-def read_key_file(path: Path, label: str = "api_key_file") -> str | None:
-    """The key in the file (surrounding whitespace removed), None when it is empty."""
-    try:
-        return path.read_text().strip() or None
-    except OSError as exc:
-        raise CredentialError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise CredentialError(f"{label}: {path} is not UTF-8 text") from None

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..auth.client import key_digest
-from ..auth.upstream import CredentialError, read_key_file
+from ..auth.keyfiles import CredentialError, read_key_file
 from .legacy_env import apply_env
 from .schema import ConfigError, Settings
 

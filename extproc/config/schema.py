@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..auth.upstream import CredentialError, read_key_file
+from ..auth.keyfiles import CredentialError, read_key_file
 from ..core.catalogue import ENDPOINT_NAMES, MIN_API_VERSION_BY_ENDPOINT
 from ..routing import DEFAULT_BACKEND, UnmappedModelPolicy, is_deployment_name
 

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from ..auth.client import CLIENT_HEADER
+from ..auth.upstream import UPSTREAM_AUTHORIZATION_HEADER
 from ..config import BackendSettings, ConfigError, Settings, UnmappedModelPolicy
 from ..core.catalogue import headers_only_prefixes
 from ..config.schema import PoolMember
@@ -72,6 +74,17 @@ def _connection_managers(listener: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for chain in listener["filter_chains"]:
         for network_filter in chain["filters"]:
             yield network_filter["typed_config"]
+
+
+def _distinct_connection_managers(listeners: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each connection manager once: the HTTPS listener may share the HTTP one's (a YAML alias in the
+    template), and an edit that adds to a list must not be made twice."""
+    seen: set[int] = set()
+    for listener in listeners:
+        for hcm in _connection_managers(listener):
+            if id(hcm) not in seen:
+                seen.add(id(hcm))
+                yield hcm
 
 
 def _seconds(value: float) -> str:
@@ -172,9 +185,6 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     return config
 
 
-UPSTREAM_AUTHORIZATION_HEADER = "x-aoai-upstream-authorization"  # extproc/processor/messages.py
-
-
 def _without_upstream_authorization(listeners: list[dict[str, Any]]) -> None:
     """No backend uses Entra ID: the mutations that carry its token past the credential removal go (clients'
     copies of the internal header are still removed on arrival)."""
@@ -219,26 +229,21 @@ def _byok(settings: Settings, resources: dict[str, Any], listeners: list[dict[st
     host = r"[a-z0-9-]+\." + re.escape(byok.host_suffix) if byok else ""
     if byok is not None and byok.port != 443:
         host += f":{byok.port}"
-    done: set[int] = set()  # the HTTPS listener shares its filters and routes with the HTTP one
-    for listener in listeners:
-        for hcm in _connection_managers(listener):
-            if id(hcm) in done:
-                continue
-            done.add(id(hcm))
-            if byok is None:
-                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != DFP_FILTER]
-            else:  # one DNS cache: the filter's and the cluster's configs must be the same
-                next(f for f in hcm["http_filters"] if f["name"] == DFP_FILTER)["typed_config"]["dns_cache_config"] = \
-                    cluster["cluster_type"]["typed_config"]["dns_cache_config"]
-            for vhost in hcm["route_config"]["virtual_hosts"]:
-                routes = vhost["routes"]
-                for route in list(routes):
-                    if route.get("route", {}).get("cluster") != BYOK_CLUSTER:
-                        continue
-                    if byok is None:
-                        routes.remove(route)
-                    else:
-                        route["match"]["headers"][1]["string_match"]["safe_regex"]["regex"] = host
+    for hcm in _distinct_connection_managers(listeners):
+        if byok is None:
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != DFP_FILTER]
+        else:  # one DNS cache: the filter's and the cluster's configs must be the same
+            next(f for f in hcm["http_filters"] if f["name"] == DFP_FILTER)["typed_config"]["dns_cache_config"] = \
+                cluster["cluster_type"]["typed_config"]["dns_cache_config"]
+        for vhost in hcm["route_config"]["virtual_hosts"]:
+            routes = vhost["routes"]
+            for route in list(routes):
+                if route.get("route", {}).get("cluster") != BYOK_CLUSTER:
+                    continue
+                if byok is None:
+                    routes.remove(route)
+                else:
+                    route["match"]["headers"][1]["string_match"]["safe_regex"]["regex"] = host
 
 
 def _browser_guard(settings: Settings, listeners: list[dict[str, Any]]) -> None:
@@ -250,12 +255,10 @@ def _browser_guard(settings: Settings, listeners: list[dict[str, Any]]) -> None:
         settings.loopback_only or bool(settings.listen.allowed_hosts))
     hosts = [{"header": {"name": ":authority", "string_match": {"safe_regex": {
         "regex": "(?i)" + re.escape(host) + "(:[0-9]+)?"}}}} for host in settings.listen.allowed_hosts]
-    done: set[int] = set()  # the HTTPS listener may share its filters with the HTTP one
-    for listener in listeners:
-        for http_filter in _http_filters(listener):
-            if http_filter["name"] != RBAC_FILTER or id(http_filter) in done:
+    for hcm in _distinct_connection_managers(listeners):
+        for http_filter in hcm["http_filters"]:
+            if http_filter["name"] != RBAC_FILTER:
                 continue
-            done.add(id(http_filter))
             policies = http_filter["typed_config"]["rules"]["policies"]
             rules = policies["foreign-origin"]["permissions"][0]["and_rules"]["rules"]
             del rules[1:]
@@ -287,7 +290,6 @@ def _cors(settings: Settings, listeners: list[dict[str, Any]]) -> None:
                     per_filter[CORS_FILTER]["allow_origin_string_match"] = origins
 
 
-CLIENT_HEADER = "x-aoai-client"  # extproc/processor/messages.py sets it with client keys
 SET_FILTER_STATE_FILTER = "envoy.filters.http.set_filter_state"
 MIN_FILL_MS = 50  # Envoy's finest token bucket refill
 
@@ -316,40 +318,35 @@ def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
             "max_tokens": rate, "tokens_per_fill": tokens, "fill_interval": _seconds(fill_ms / 1000)}})
         if (wait := math.ceil(fill_ms / 1000)) > 1:  # the filter says 1 s; a slower key's own reply says more
             slower.append((key.name, wait))
-    done: set[int] = set()  # the HTTPS listener shares its connection manager with the HTTP one
-    for listener in listeners:
-        for hcm in _connection_managers(listener):
-            if id(hcm) in done:
-                continue
-            done.add(id(hcm))
-            if not settings.clients.keys:
-                for early in hcm.get("early_header_mutation_extensions", []):
-                    mutations = early["typed_config"]["mutations"]
+    for hcm in _distinct_connection_managers(listeners):
+        if not settings.clients.keys:
+            for early in hcm.get("early_header_mutation_extensions", []):
+                mutations = early["typed_config"]["mutations"]
+                mutations[:] = [m for m in mutations if m.get("remove") != CLIENT_HEADER]
+            for http_filter in hcm["http_filters"]:
+                if http_filter["name"] == "envoy.filters.http.header_mutation":
+                    mutations = http_filter["typed_config"]["mutations"]["request_mutations"]
                     mutations[:] = [m for m in mutations if m.get("remove") != CLIENT_HEADER]
-                for http_filter in hcm["http_filters"]:
-                    if http_filter["name"] == "envoy.filters.http.header_mutation":
-                        mutations = http_filter["typed_config"]["mutations"]["request_mutations"]
-                        mutations[:] = [m for m in mutations if m.get("remove") != CLIENT_HEADER]
-            if not settings.clients.keys:  # no key's name to log
-                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != SET_FILTER_STATE_FILTER]
-                for log in hcm.get("access_log", []):
-                    log["typed_config"]["log_format"]["json_format"].pop("client", None)
-            mappers = hcm.get("local_reply_config", {}).get("mappers", [])
+            # No key's name to log either.
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != SET_FILTER_STATE_FILTER]
+            for log in hcm.get("access_log", []):
+                log["typed_config"]["log_format"]["json_format"].pop("client", None)
+        mappers = hcm.get("local_reply_config", {}).get("mappers", [])
+        if not limited:
+            mappers[:] = [m for m in mappers if "local_rate_limited" not in str(m.get("filter"))]
+        elif slower:
+            # Each slower key's Retry-After: its own refill (its name is still on the request when the
+            # rate limit answers), in copies of the rate limit's reply placed before it.
+            at = next(i for i, m in enumerate(mappers) if "local_rate_limited" in str(m.get("filter")))
+            mappers[at:at] = [_with_retry_after(mappers[at], name, wait) for name, wait in slower]
+        filters = hcm["http_filters"]
+        for http_filter in list(filters):
+            if http_filter["name"] != "envoy.filters.http.local_ratelimit":
+                continue
             if not limited:
-                mappers[:] = [m for m in mappers if "local_rate_limited" not in str(m.get("filter"))]
-            elif slower:
-                # Each slower key's Retry-After: its own refill (its name is still on the request when the
-                # rate limit answers), in copies of the rate limit's reply placed before it.
-                at = next(i for i, m in enumerate(mappers) if "local_rate_limited" in str(m.get("filter")))
-                mappers[at:at] = [_with_retry_after(mappers[at], name, wait) for name, wait in slower]
-            filters = hcm["http_filters"]
-            for http_filter in list(filters):
-                if http_filter["name"] != "envoy.filters.http.local_ratelimit":
-                    continue
-                if not limited:
-                    filters.remove(http_filter)
-                    continue
-                http_filter["typed_config"]["descriptors"] = descriptors
+                filters.remove(http_filter)
+                continue
+            http_filter["typed_config"]["descriptors"] = descriptors
 
 
 def _with_retry_after(mapper: dict[str, Any], client: str, seconds: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from azure.core.credentials_async import AsyncTokenCredential
 
-from ..auth.upstream import CredentialError, read_key_file
+from ..auth.keyfiles import CredentialError, read_key_file
 from ..config.schema import EntraSettings
 
 

@@ -8,12 +8,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
+from ..auth.client import CLIENT_HEADER
+from ..auth.upstream import UPSTREAM_AUTHORIZATION_HEADER
 from ..core.decision import Forward, Reply, RequestHead
 from ..routing import POOL_METADATA_NAMESPACE
 
 ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstream; clients' copies are stripped
-CLIENT_HEADER = "x-aoai-client"  # the client key's name: Envoy's rate limit reads it, then it is removed
-UPSTREAM_AUTHORIZATION_HEADER = "x-aoai-upstream-authorization"  # the gateway's Entra ID token, on its way
 # The client's credentials never reach upstream; a header the upstream credential sets is overwritten,
 # never removed and re-added.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key")

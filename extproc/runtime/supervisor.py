@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
-from ..auth.upstream import CredentialError
+from ..auth.keyfiles import CredentialError
 from ..breaker.board import create as create_board
 from ..config import Settings
 from ..rpc.health import is_serving

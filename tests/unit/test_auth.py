@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from extproc.auth.client import presented_key
-from extproc.auth.upstream import ApiKeyFile, ClientKeyAsApiKey, CredentialError, StaticApiKey
+from extproc.auth.keyfiles import CredentialError
+from extproc.auth.upstream import ApiKeyFile, ClientKeyAsApiKey, StaticApiKey
 from extproc.core import errors
 
 

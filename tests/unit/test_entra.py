@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from extproc import envoy_config
-from extproc.auth.upstream import CredentialError, EntraToken, TokenUnavailable
+from extproc.auth.keyfiles import CredentialError
+from extproc.auth.upstream import EntraToken, TokenUnavailable
 from extproc.compile import compile_gateway
 from extproc.config import ConfigError, load_settings
 from extproc.core.decision import AwaitBody, Forward, Reply, RequestHead
