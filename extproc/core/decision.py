@@ -48,6 +48,11 @@ class Forward(NamedTuple):
     max_retries: int | None = None
     client: str = ""  # the client key's name (clients.keys): Envoy's per-key rate limit and access log
     authority: str = ""  # bring your own key: the client's resource (host[:port]), which Envoy connects to
+    # What the request is for, as Envoy's access logs and the usage process name it (not for routing): the model
+    # the client asked for, the deployment and backend it goes to ("" for a pool: the member that answers says).
+    model: str = ""
+    deployment: str = ""
+    backend: str = ""
 
 
 @dataclass(frozen=True, slots=True)

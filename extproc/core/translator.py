@@ -117,7 +117,7 @@ class Translator:
             if isinstance(new_body, Reply):
                 return new_body
         return Forward(path, ((API_KEY_HEADER, byok.key),), target.cluster, new_body,
-                       authority=target.authority(byok.resource))
+                       authority=target.authority(byok.resource), model=model, deployment=deployment, backend="byok")
 
     def _client_key_first(self, head: RequestHead, clients: ClientKeys) -> HeadersDecision:
         """Client keys: decided before anything else (a 401 reads no body, reaches nothing)."""
@@ -262,7 +262,8 @@ class Translator:
             new_body = _with_model(body, found, target.deployment)
             if isinstance(new_body, Reply):
                 return new_body
-        return Forward(route.path_for(target.deployment, query), credential, target.backend.cluster, new_body)
+        return Forward(route.path_for(target.deployment, query), credential, target.backend.cluster, new_body,
+                       model=model, deployment=target.deployment, backend=target.backend.name)
 
     def _side_roads_checked(self, head: RequestHead, found: BodyModel, backends: set[Backend],
                             allowed: frozenset[str] | None) -> Reply | bytes | None:
@@ -340,7 +341,7 @@ class Translator:
                 new_body = _with_model(body, found, deployment)
                 if isinstance(new_body, Reply):
                     return new_body
-        return Forward(tries[0].path, (), pool.cluster, new_body, tuple(tries), max_retries)
+        return Forward(tries[0].path, (), pool.cluster, new_body, tuple(tries), max_retries, model=model)
 
     # --- endpoints decided from the headers -----------------------------------------------------
 
@@ -353,7 +354,7 @@ class Translator:
             credential = self._credential(head, backend)
             if isinstance(credential, Reply):
                 return credential
-            forward = Forward(route.path_for(path, query), credential, backend.cluster)
+            forward = Forward(route.path_for(path, query), credential, backend.cluster, backend=backend.name)
             if self._models.rejects_unknown:
                 # e.g. /v1/responses/input_tokens: a model in the body reaches Azure as it is.
                 return self._body_checked_under_reject(head, forward)
@@ -381,7 +382,8 @@ class Translator:
             azure_path = path + ("?" + query if query else "")
         else:
             azure_path = path + self._routes.azure_form_query(query)
-        forward = Forward(azure_path, credential, backend.cluster)
+        forward = Forward(azure_path, credential, backend.cluster, backend=backend.name,
+                          deployment=_deployment_in(path))
         if not self._models.rejects_unknown:
             return forward
         # Realtime and others name it in the query (`?deployment=`); refused whatever the path.
@@ -430,6 +432,13 @@ class Translator:
         if isinstance(checked, Reply):
             return checked
         return forward if checked is None else forward._replace(body=checked)
+
+
+def _deployment_in(path: str) -> str:
+    """The deployment an Azure-form path names (`/openai/deployments/<name>/...`), "" when none."""
+    if not path.lower().startswith(AZURE_DEPLOYMENTS_PREFIX):
+        return ""
+    return unquote(path[len(AZURE_DEPLOYMENTS_PREFIX):].partition("/")[0])
 
 
 def _named(decision: HeadersDecision, client: str) -> HeadersDecision:

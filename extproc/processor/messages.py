@@ -18,6 +18,8 @@ ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstrea
 # never removed and re-added.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key")
 REPLY_DETAILS = "aoai_gateway_reply"
+REQUEST_METADATA_NAMESPACE = "aoai.request"  # what the request is for (envoy/envoy.yaml's access logs read it)
+MAX_METADATA_NAME = 256
 IMAGE_DEPLOYMENT_HEADER = "x-ms-oai-image-generation-deployment"  # Azure's: the image tool's deployment
 
 
@@ -78,15 +80,28 @@ def _header(key: str, value: str) -> HeaderValueOption:
     return HeaderValueOption(header=HeaderValue(key=key, raw_value=_encode(value)))
 
 
-def _pool_metadata(forward: Forward) -> Struct:
-    """{aoai.pool.<member id>: {path, headers: [[name, value], ...]}} for the pool cluster's upstream filter."""
+def _metadata(forward: Forward) -> Struct:
+    """Envoy's dynamic metadata for the request: aoai.request {model, deployment, backend, client} (what it is for:
+    the access logs and the usage process read it), and for a pool {aoai.pool.<member id>: {path, headers: [[name,
+    value], ...]}} for the pool cluster's upstream filter. Answers without a new body are serialized once
+    (processor/call.py's cache): this is built once per distinct forward, not per request."""
+    about = {name: _text(value) for name, value in (("model", forward.model), ("deployment", forward.deployment),
+                                                  ("backend", forward.backend), ("client", forward.client)) if value}
     metadata = Struct()
     metadata.update({
-        POOL_METADATA_NAMESPACE + attempt.member: {
+        REQUEST_METADATA_NAMESPACE: about,
+        **{POOL_METADATA_NAMESPACE + attempt.member: {
             "path": attempt.path, "headers": [[name, value] for name, value in attempt.credential]}
-        for attempt in forward.tries
+           for attempt in forward.tries},
     })
     return metadata
+
+
+def _text(value: str) -> str:
+    """A name as metadata may hold it (valid UTF-8, bounded): a client's model name may be anything."""
+    if len(value) > MAX_METADATA_NAME:
+        value = value[:MAX_METADATA_NAME]
+    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _common_response(forward: Forward) -> pb.CommonResponse:
@@ -129,9 +144,8 @@ def reply_response(reply: Reply) -> pb.ProcessingResponse:
 
 
 def headers_forward_response(forward: Forward, has_body: bool) -> pb.ProcessingResponse:
-    response = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=_common_response(forward)))
-    if forward.tries:
-        response.dynamic_metadata.CopyFrom(_pool_metadata(forward))
+    response = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=_common_response(forward)),
+                                     dynamic_metadata=_metadata(forward))
     if has_body:
         # Decided without the body: let it stream upstream instead of buffering it here.
         response.mode_override.CopyFrom(_STREAM_BODY_MODE)
@@ -139,7 +153,6 @@ def headers_forward_response(forward: Forward, has_body: bool) -> pb.ProcessingR
 
 
 def body_forward_response(forward: Forward) -> pb.ProcessingResponse:
-    response = pb.ProcessingResponse(request_body=pb.BodyResponse(response=_common_response(forward)))
-    if forward.tries:
-        response.dynamic_metadata.CopyFrom(_pool_metadata(forward))
+    response = pb.ProcessingResponse(request_body=pb.BodyResponse(response=_common_response(forward)),
+                                     dynamic_metadata=_metadata(forward))
     return response

@@ -69,7 +69,8 @@ def test_a_pool_forward_carries_every_members_path_and_credential(tmp_path: Path
     # What Envoy gets: the tries as dynamic metadata; no credential in the headers, the client's removed.
     response = body_forward_response(forward)
     metadata = MessageToDict(response.dynamic_metadata)
-    assert set(metadata) == {POOL_METADATA_NAMESPACE + member for member in "012"}
+    assert set(metadata) == {POOL_METADATA_NAMESPACE + member for member in "012"} | {"aoai.request"}
+    assert metadata["aoai.request"] == {"model": "gpt-4o"}  # the member that answers names its deployment
     assert metadata[POOL_METADATA_NAMESPACE + "2"] == {"path": forward.tries[2].path, "headers": [["api-key", "west-key"]]}
     mutation = response.request_body.response.header_mutation
     assert {h.header.key for h in mutation.set_headers} == {":path", "x-aoai-gateway-cluster"}

@@ -48,7 +48,8 @@ def error_of(reply: Reply) -> dict:
 def test_json_deployment_operations_map_to_the_deployment_path(operation: str) -> None:
     translator = make({"AZURE_MODEL_MAP": '{"gpt-4o": "prod-4o"}'})
     decision = post(translator, f"/v1/{operation}", chat())
-    assert decision == Forward(f"/openai/deployments/prod-4o/{operation}?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
+    assert decision == Forward(f"/openai/deployments/prod-4o/{operation}?api-version=2024-10-21", SERVER_CREDENTIAL, "azure",
+                               model="gpt-4o", deployment="prod-4o", backend="default")
 
 
 def test_the_body_is_never_echoed_on_the_classic_surface() -> None:
@@ -155,7 +156,8 @@ class TestMultipart:
     def test_model_is_the_form_field(self, operation: str) -> None:
         body, content_type = multipart([("file", b"RIFF\x00model=whisper\r\n", "a.wav"), ("model", b"whisper-1", None)])
         decision = post(make({"AZURE_MODEL_MAP": '{"whisper-1": "stt"}'}), f"/v1/{operation}", body, content_type)
-        assert decision == Forward(f"/openai/deployments/stt/{operation}?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
+        assert decision == Forward(f"/openai/deployments/stt/{operation}?api-version=2024-10-21", SERVER_CREDENTIAL, "azure",
+                                   model="whisper-1", deployment="stt", backend="default")
 
     def test_a_file_named_model_is_refused(self) -> None:
         # Which one is the model, the file or the field? Readers differ: neither is guessed.
@@ -231,7 +233,7 @@ class TestResourceLevel:
     )
     def test_forwarded_from_the_headers_alone(self, method: str, path: str, azure: str) -> None:
         decision = make().on_headers(RequestHead(method, path, has_body=method == "POST"))
-        assert decision == Forward(azure, SERVER_CREDENTIAL, "azure")
+        assert decision == Forward(azure, SERVER_CREDENTIAL, "azure", backend="default")
 
     def test_v1_surface_for_resource_endpoints(self) -> None:
         translator = make(endpoints={"files": {"api": "v1"}, "responses": {"api": "v1"}})
@@ -249,7 +251,8 @@ class TestResourceLevel:
 class TestAzureFormPassthrough:
     def test_azure_form_passes_through_with_the_key(self) -> None:
         path = "/openai/deployments/dep/chat/completions?api-version=2024-06-01"
-        assert make().on_headers(RequestHead("POST", path, has_body=True)) == Forward(path, SERVER_CREDENTIAL, "azure")
+        assert make().on_headers(RequestHead("POST", path, has_body=True)) == Forward(path, SERVER_CREDENTIAL, "azure",
+                                                                                     deployment="dep", backend="default")
 
     def test_missing_api_version_gets_the_default(self) -> None:
         decision = make().on_headers(RequestHead("POST", "/openai/deployments/dep/embeddings", has_body=True))
@@ -319,7 +322,8 @@ class TestJsonOrjsonRefuses:
     )
     def test_forwarded_on_the_classic_surface(self, body: bytes) -> None:
         decision = post(make(), "/v1/chat/completions", body)
-        assert decision == Forward("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
+        assert decision == Forward("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", SERVER_CREDENTIAL, "azure",
+                                   model="gpt-4o", deployment="gpt-4o", backend="default")
 
     @pytest.mark.parametrize("body", [b"\xef\xbb\xbf", b'{"model": "x"', b'{"a": 1' + b"1" * 5000 + b"}",
                                       b"[" * 100_000, b'{"model": "\xff"}'])
@@ -484,7 +488,8 @@ class TestRejectPolicyInAzureForm:
         decision = make(self.ENV).on_headers(RequestHead("POST", path, has_body=True))
         # The body is read for the deployments it may name besides the path's ("on your data", the image tool).
         assert isinstance(decision, AwaitBody)
-        assert decision.finish(b'{"messages": []}') == Forward(path + "?api-version=2024-10-21", SERVER_CREDENTIAL, "azure")
+        assert decision.finish(b'{"messages": []}') == Forward(path + "?api-version=2024-10-21", SERVER_CREDENTIAL, "azure",
+                                                               deployment=path.split("/")[3], backend="default")
         refused = decision.finish(b'{"data_sources": [{"parameters": {"embedding_dependency": '
                                   b'{"deployment_name": "secret-dep"}}}]}')
         assert isinstance(refused, Reply) and refused.status == 404
