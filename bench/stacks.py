@@ -111,6 +111,7 @@ def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrenc
         **({"circuit_breaker": {"failures": 1000, "interval_seconds": 0.001}} if pool == "t" else {}),
         "listen": {"address": "127.0.0.1", "http_port": free_port(), "https_port": None},
         "envoy": {"admin_port": free_port(), "concurrency": concurrency},
+        "metrics": {"port": free_port()},
         "extproc": {"workers": workers, "socket_dir": str(directory / "run")},
         "state_dir": str(directory),
     }

@@ -15,7 +15,8 @@ from .auth.upstream import ApiKeyFile, ClientKeyAsApiKey, EntraToken, StaticApiK
 from .config import BackendSettings, ConfigError, Settings
 from .core.catalogue import ENDPOINT_NAMES
 from .breaker.board import BoardReader
-from .core.gateway import ByokTarget, Gateway, Limits, NoTrips, TripBoard
+from .usage.board import SpendReader
+from .core.gateway import ByokTarget, Gateway, Limits, NoSpend, NoTrips, SpendBoard, TripBoard
 from .core.models_endpoint import ModelsEndpoint
 from .core.routes import EndpointOptions, RouteTable, compile_openai_routes, compile_routes
 from .routing import BYOK_CLUSTER, DEFAULT_BACKEND, Backend, ModelMapper, Pool, PoolMember, cluster_name, pool_cluster_name
@@ -49,7 +50,8 @@ def _model_targets(settings: Settings, backends: dict[str, Backend]) -> dict[str
     return targets
 
 
-def compile_gateway(settings: Settings, created: int | None = None, trips: TripBoard | None = None) -> Gateway:
+def compile_gateway(settings: Settings, created: int | None = None, trips: TripBoard | None = None,
+                    spend: SpendBoard | None = None) -> Gateway:
     """`created`: the time `/v1/models` reports (default: now); `trips`: the circuit breaker's board
     (default: the running breaker's file, when pools exist)."""
     backends = {
@@ -77,14 +79,18 @@ def compile_gateway(settings: Settings, created: int | None = None, trips: TripB
         trips=trips or (BoardReader(settings.breaker_paths.trips, len(settings.circuits)) if settings.pools else NoTrips()),
         default_model=settings.default_model,
         clients=_client_keys(settings),
+        spend=spend or (SpendReader(settings.usage_paths.board, len(settings.token_limited_keys))
+                        if settings.token_limited_keys else NoSpend()),
         byok=ByokTarget(byok.host_suffix, byok.port, BYOK_CLUSTER) if (byok := settings.clients.byok_settings) else None,
+        include_stream_usage=settings.usage.include_stream_usage,
     )
 
 
 def _client_keys(settings: Settings) -> ClientKeys | None:
     if not settings.clients.keys:
         return None
-    clients = {key.name: Client(key.name, None if key.models is None else frozenset(key.models))
+    slots = {key.name: slot for slot, key in enumerate(settings.token_limited_keys)}
+    clients = {key.name: Client(key.name, None if key.models is None else frozenset(key.models), slots.get(key.name, -1))
                for key in settings.clients.keys}
     try:
         files = {KeyFile(key.key_file, f"clients.keys ({key.name}).key_file"): clients[key.name]

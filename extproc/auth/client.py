@@ -35,6 +35,7 @@ class Client:
 
     name: str
     models: frozenset[str] | None = None
+    spend_slot: int = -1  # with a token limit: its slot on the usage process's spend board; -1: none
 
 
 class ClientKeys:

@@ -1,22 +1,18 @@
 """The trips board: each circuit's trip deadline and when that trip began (epoch seconds, 0.0 when never
-tripped), two float64 per circuit in a small file, written by the breaker process and mapped read-only
-by every ext_proc worker. A worker's check is a memory read: no message, no lock, whatever the number
-of workers.
-
-An aligned 8-byte store is one instruction on the machines Envoy runs on, so a reader sees the old value
-or the new one, never half of each (the pair may be read across an update: harmless, see availability).
+tripped), two float64 per circuit in a small file (extproc/sharedfloats.py), written by the breaker process
+and mapped read-only by every ext_proc worker (the pair may be read across an update: harmless, see
+availability).
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
-import os
 import time
 from pathlib import Path
 
+from .. import sharedfloats
+
 log = logging.getLogger(__name__)
-SLOT = 16  # bytes per circuit: two float64, the deadline and the trip's start
 # Envoy learns of a trip, and of its end, from its next health check of the member (every 0.25 s, see
 # envoy/envoy.yaml). Until the end has reached Envoy the ext_proc keeps counting the member as tripped, so
 # that a request it lets through finds the member back in Envoy's load balancer; until the start has, the
@@ -25,29 +21,15 @@ REOPEN_MARGIN_S = 0.5
 
 
 def create(path: Path, count: int) -> None:
-    """Make the board for `count` circuits, every one closed (the supervisor, before any reader or
-    writer starts); an existing file is zeroed in place (never shortened: a reader that mapped it
-    would fault on the missing pages), so readers that mapped it keep reading it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = max(1, count) * SLOT
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        if os.fstat(fd).st_size < size:
-            os.ftruncate(fd, size)
-        os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
-    finally:
-        os.close(fd)
+    """Make the board for `count` circuits, every one closed (see sharedfloats.create)."""
+    sharedfloats.create(path, 2 * count)
 
 
 class BoardWriter:
     """The breaker process's side."""
 
     def __init__(self, path: Path, count: int) -> None:
-        with open(path, "r+b") as file:
-            if os.fstat(file.fileno()).st_size < count * SLOT:
-                file.truncate(max(1, count) * SLOT)
-            self._map = mmap.mmap(file.fileno(), max(1, count) * SLOT)
-        self._slots = memoryview(self._map).cast("d")
+        self._slots = sharedfloats.map_for_writing(path, 2 * count)
         self._count = count
 
     def publish(self, circuit: int, until: float, since: float) -> None:
@@ -73,9 +55,7 @@ class BoardReader:
     def __init__(self, path: Path, count: int) -> None:
         self._slots: memoryview | None = None
         try:
-            with open(path, "rb") as file:
-                if os.fstat(file.fileno()).st_size >= count * SLOT > 0:
-                    self._slots = memoryview(mmap.mmap(file.fileno(), count * SLOT, access=mmap.ACCESS_READ)).cast("d")
+            self._slots = sharedfloats.map_for_reading(path, 2 * count)
         except OSError as exc:
             log.error("cannot read the circuit breaker's trips (%s): only Envoy's view of them applies", exc)
         if self._slots is None and count:

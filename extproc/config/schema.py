@@ -300,6 +300,14 @@ class ClientKeySettings(_Strict):
     # Enforced by Envoy (one token bucket per key for the whole gateway): a minute's worth may come at once,
     # then the bucket refills evenly; over it, 429 with Retry-After.
     requests_per_minute: Annotated[int, Field(ge=1, le=6_000_000)] | None = None
+    # Enforced by the usage process from the tokens Azure reports (the whole gateway, sliding windows): once
+    # the last minute's (day's) answers reach it, the key gets 429 with Retry-After until enough falls out.
+    tokens_per_minute: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    tokens_per_day: Annotated[int, Field(ge=1, le=10**14)] | None = None
+
+    @property
+    def token_limited(self) -> bool:
+        return self.tokens_per_minute is not None or self.tokens_per_day is not None
 
 
 class ByokSettings(_Strict):
@@ -368,6 +376,22 @@ class EndpointSettings(_Strict):
     api_version: str | None = None
 
 
+class MetricsSettings(_Strict):
+    """Prometheus `/metrics` and the status page (`/`), served by the usage process. This machine only by
+    default: a container or pod that Prometheus scrapes sets 0.0.0.0 (they show model and client names, no secret)."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: Port = 9464  # OpenTelemetry's Prometheus exporter's
+
+
+class UsageSettings(_Strict):
+    # Adds stream_options.include_usage to streamed chat/completions and completions requests that lack it, so
+    # that Azure reports their tokens (counted for metrics and token limits); the client then receives the extra
+    # final usage chunk (`choices: []`), as Azure sends it.
+    include_stream_usage: bool = False
+
+
 class ListenSettings(_Strict):
     # This machine only by default: anyone who reaches the listener spends the Azure key, and the
     # gateway has no client authentication yet. Containers and shared gateways set 0.0.0.0 explicitly.
@@ -431,6 +455,8 @@ class Settings(_Strict):
     envoy: EnvoySettings = EnvoySettings()
     extproc: ExtprocSettings = ExtprocSettings()
     limits: LimitSettings = LimitSettings()
+    usage: UsageSettings = UsageSettings()
+    metrics: MetricsSettings = MetricsSettings()
     state_dir: Path = Path("~/.local/state/aoai-gateway")
 
     @field_validator("models")
@@ -457,6 +483,13 @@ class Settings(_Strict):
             if name not in ENDPOINT_NAMES:
                 raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(ENDPOINT_NAMES)}")
         return value
+
+    @model_validator(mode="after")
+    def _metrics_port_free(self) -> Settings:
+        if self.metrics.enabled and self.metrics.port in (self.listen.http_port, self.listen.https_port,
+                                                          self.envoy.admin_port):
+            raise ValueError(f"metrics.port {self.metrics.port} is also a listener's or Envoy's admin port")
+        return self
 
     @model_validator(mode="after")
     def _pools_name_known_backends(self) -> Settings:
@@ -600,6 +633,20 @@ class Settings(_Strict):
         return self.socket_dir / "entra.ready"
 
     @property
+    def token_limited_keys(self) -> tuple[ClientKeySettings, ...]:
+        """The client keys with a token limit, in order: their position is their slot on the spend board."""
+        return tuple(key for key in self.clients.keys if key.token_limited)
+
+    @property
+    def usage_process(self) -> bool:
+        """Whether the usage process runs: for the metrics and status page, or to enforce token limits."""
+        return self.metrics.enabled or bool(self.token_limited_keys)
+
+    @property
+    def usage_paths(self) -> UsagePaths:
+        return UsagePaths(self.socket_dir / "usage-log.sock", self.socket_dir / "spend.board")
+
+    @property
     def breaker_paths(self) -> BreakerPaths:
         return BreakerPaths(self.socket_dir / "breaker.sock", self.socket_dir / "breaker-log.sock",
                             self.socket_dir / "breaker.trips")
@@ -620,3 +667,10 @@ class BreakerPaths(NamedTuple):
     http: Path  # Envoy's health checks (one per member) and `python -m extproc status`
     access_log: Path  # Envoy's gRPC access log of the pool tries that failed
     trips: Path  # each circuit's trip deadline, read by every ext_proc worker (extproc/breaker/board.py)
+
+
+class UsagePaths(NamedTuple):
+    """Where the usage process (extproc/usage) listens and publishes."""
+
+    access_log: Path  # Envoy's gRPC access log of every request
+    board: Path  # each token-limited key's blocked-until per window, read by every ext_proc worker

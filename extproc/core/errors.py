@@ -60,6 +60,13 @@ DUPLICATE_MODEL = error(
     "give it exactly once, as `model`.",
     param="model",
 )
+# Two `stream_options` in a streamed request the gateway adds `include_usage` to (`usage.include_stream_usage`):
+# parsers differ on which counts, so the one written could be the one Azure ignores.
+DUPLICATE_STREAM_OPTIONS = error(
+    400,
+    "The request gives the `stream_options` parameter more than once; give it exactly once.",
+    param="stream_options",
+)
 MODEL_NOT_STRING = error(400, "The `model` parameter must be a string.", param="model")
 MODEL_NOT_TEXT = error(
     400, "The `model` parameter is not valid Unicode text (it has a lone surrogate escape).", param="model"
@@ -200,6 +207,19 @@ def pool_tripped(model: str, wait_seconds: float) -> Reply:
     )
     return Reply(reply.status, reply.body, (("retry-after", str(math.ceil(wait_seconds))),
                                             ("retry-after-ms", str(math.ceil(wait_seconds * 1000)))))
+
+
+def token_limit_reached(client: str, window: str, wait_seconds: float) -> Reply:
+    """The client key has spent its tokens_per_minute or tokens_per_day: Azure is not called."""
+    wait = max(1, math.ceil(wait_seconds))
+    reply = error(
+        429,
+        f"The client key `{client}` has used its tokens per {window} (clients.keys[].tokens_per_{window}). "
+        f"Please retry after {wait} seconds.",
+        type="tokens",
+        code="rate_limit_exceeded",
+    )
+    return Reply(reply.status, reply.body, (("retry-after", str(wait)), ("retry-after-ms", str(wait * 1000))))
 
 
 def method_not_allowed(method: str, path: str) -> Reply:

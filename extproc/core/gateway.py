@@ -39,6 +39,19 @@ class NoTrips:
         return len(circuits), len(circuits), 0.0
 
 
+class SpendBoard(Protocol):
+    """The client keys' token spend as a worker sees it (extproc/usage/board.py reads the clock)."""
+
+    def wait(self, key: int) -> tuple[str, float]:
+        """The window ("minute", "day") the key's spend has filled and the seconds until it frees; ("", 0.0): none."""
+        ...
+
+
+class NoSpend:
+    def wait(self, key: int) -> tuple[str, float]:
+        return "", 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class ByokTarget:
     """Bring your own key: where the clients' resources are (RESOURCE.<host_suffix>[:port]) and Envoy's cluster
@@ -65,6 +78,9 @@ class Gateway:
     default_model: str | None = None  # serves a request whose body names no model
     clients: ClientKeys | None = None  # clients.keys; None: no client authentication
     byok: ByokTarget | None = None  # clients.byok; None: off
+    spend: SpendBoard = field(default_factory=NoSpend)  # client keys' token limits (the usage process's board)
+    # usage.include_stream_usage: streamed chat and completions requests ask Azure for their token usage
+    include_stream_usage: bool = False
 
     @property
     def credentials_reusable(self) -> bool:

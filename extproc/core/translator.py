@@ -10,7 +10,8 @@ an endpoint decided from the headers (`_resource`), `/v1/models` (`ModelsEndpoin
 already in Azure form (`_azure_form`). Anything else is a 404. Before them: the client key
 (`_client_key_first`, then `_restricted` for a key with a model list) or a bring-your-own-key key
 (`_own_resource`); after them, for limited keys and `unmapped_models: reject`, the deployments a request
-names besides its model (`_side_roads_checked`).
+names besides its model (`_side_roads_checked`). With `usage.include_stream_usage`, a streamed chat or legacy
+completions request is sent asking for its token usage (`_stream_options_wanted`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_DEPLOYMENTS_PREFIX,
 from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead, Try
 from .gateway import ByokTarget, Gateway
 from .models_endpoint import ModelsEndpoint
-from .jsonbody import InvalidJson, TooManyMembers, insert_top_level_string, replace_top_level_string
+from .jsonbody import (DuplicateMember, InvalidJson, TooManyMembers, insert_top_level_json, insert_top_level_string,
+                       replace_top_level_json, replace_top_level_string)
 from .multipart import is_multipart, replace_field
 from .paths import (azure_form_segments_ok, escapes_its_prefix, has_api_version, merge_query, query_values,
                     without_credentials)
@@ -39,6 +41,9 @@ from .routes import BodyRoute, ResourceRoute
 
 AZURE_METHODS = frozenset({"GET", "POST", "DELETE"})  # what Azure's data-plane API uses (OPTIONS: CORS, later)
 _Family = Callable[[RequestHead, str, str], HeadersDecision]  # (head, path, query) -> decision
+# The endpoints whose streamed answers report token usage only when the request asks (`stream_options`);
+# the Responses API reports it in response.completed, asked or not.
+STREAM_USAGE_OPERATIONS = frozenset({"chat/completions", "completions"})
 
 
 class Translator:
@@ -53,6 +58,8 @@ class Translator:
         self._default_model = gateway.default_model
         self._clients = gateway.clients
         self._byok = gateway.byok
+        self._spend = gateway.spend
+        self._stream_usage = gateway.include_stream_usage
         # /v1/models as each key with a model list sees it (built once per list).
         self._models_endpoints: dict[frozenset[str], ModelsEndpoint] = {}
         self._deployments: dict[frozenset[str], frozenset[str]] = {}  # of each list's models
@@ -116,6 +123,10 @@ class Translator:
             new_body = _with_model(body, found, deployment)
             if isinstance(new_body, Reply):
                 return new_body
+        if self._stream_usage and (usage := self._stream_options_wanted(route, found)) is not None:
+            new_body = _with_stream_options(body if new_body is None else new_body, found, usage)
+            if isinstance(new_body, Reply):
+                return new_body
         return Forward(path, ((API_KEY_HEADER, byok.key),), target.cluster, new_body,
                        authority=target.authority(byok.resource), model=model, deployment=deployment, backend="byok")
 
@@ -124,6 +135,10 @@ class Translator:
         client = clients.identify(head.authorization, head.api_key)
         if client is None:
             return errors.CLIENT_KEY_MISSING if not (head.authorization or head.api_key) else errors.CLIENT_KEY_UNKNOWN
+        if client.spend_slot >= 0:
+            window, wait = self._spend.wait(client.spend_slot)
+            if wait > 0:
+                return errors.token_limit_reached(client.name, window, wait)
         if client.models is None:
             return _named(self._decide(head), client.name)
         path, _, query = head.path.partition("?")
@@ -241,18 +256,26 @@ class Translator:
             if self._models.rejects_unknown:
                 return errors.model_not_found(model, self._models.known_models)
             return errors.not_a_deployment_name(model)
+        usage = self._stream_options_wanted(route, found) if self._stream_usage else None
         canonical = None
         if allowed is not None or self._models.rejects_unknown:
             backends = {m.backend for m in target.members} if isinstance(target, Pool) else {target.backend}
-            checked = self._side_roads_checked(head, found, backends, allowed)
+            checked = self._side_roads_checked(head, found, backends, allowed, usage)
             if isinstance(checked, Reply):
                 return checked
             if checked is not None:
                 body = canonical = checked
+                usage = None  # written into it
         if isinstance(target, Pool):
             decision = self._to_pool(head, route, query, body, found, model, target)
-            return decision._replace(body=canonical) if canonical and isinstance(decision, Forward) and \
-                decision.body is None else decision
+            if not isinstance(decision, Forward):
+                return decision
+            new_body = canonical if decision.body is None else decision.body
+            if usage is not None:
+                new_body = _with_stream_options(body if new_body is None else new_body, found, usage)
+                if isinstance(new_body, Reply):
+                    return new_body
+            return decision if new_body is decision.body else decision._replace(body=new_body)
         if target.backend is not self._models.default_backend or isinstance(credential, Reply):
             credential = self._credential(head, target.backend)
             if isinstance(credential, Reply):
@@ -262,17 +285,22 @@ class Translator:
             new_body = _with_model(body, found, target.deployment)
             if isinstance(new_body, Reply):
                 return new_body
+        if usage is not None:
+            new_body = _with_stream_options(body if new_body is None else new_body, found, usage)
+            if isinstance(new_body, Reply):
+                return new_body
         return Forward(route.path_for(target.deployment, query), credential, target.backend.cluster, new_body,
                        model=model, deployment=target.deployment, backend=target.backend.name)
 
     def _side_roads_checked(self, head: RequestHead, found: BodyModel, backends: set[Backend],
-                            allowed: frozenset[str] | None) -> Reply | bytes | None:
+                            allowed: frozenset[str] | None,
+                            stream_options: dict[str, object] | None = None) -> Reply | bytes | None:
         """Deployments a request names besides its model (the image tool's header or `tools[]` entry, "on your
         data"'s embedding deployment), for a key with a model list (only its models' deployments on the backends
         the request goes to) or under `unmapped_models: reject` (only mapped ones). The refusal; or, when the body
         has such members at all, the body to send instead: the parsed document written out again, so that Azure
-        reads what was checked (a duplicate or case-variant member, which parsers read differently, is gone);
-        None when it names nothing."""
+        reads what was checked (a duplicate or case-variant member, which parsers read differently, is gone),
+        with `stream_options` (if given) as its member of that name; None when it names nothing."""
         named, present = _other_deployments(found.document)
         if head.image_deployment:
             named.append((head.image_deployment, False))
@@ -286,10 +314,24 @@ class Translator:
                         return errors.deployment_not_found(deployment, tuple(sorted(permitted)))
         if not present or found.document is None:
             return None
-        try:
-            return orjson.dumps(found.document)
-        except TypeError:  # a lone surrogate or an integer beyond 64 bits: the standard library writes those
-            return json.dumps(found.document).encode()
+        document = found.document if stream_options is None else {**found.document, "stream_options": stream_options}
+        return _dumps(document)
+
+    def _stream_options_wanted(self, route: BodyRoute, found: BodyModel) -> dict[str, object] | None:
+        """`usage.include_stream_usage`: the `stream_options` a streamed chat or legacy completions request must
+        send for Azure to end its stream with the usage chunk, when it does not already; None when the body
+        stays as it is: not streamed, already asking, another endpoint, or a `stream_options` that is no
+        object (Azure's 400 answers it)."""
+        document = found.document
+        if document is None or document.get("stream") is not True or \
+                route.operation.path not in STREAM_USAGE_OPERATIONS:
+            return None
+        options = document.get("stream_options", _ABSENT)
+        if options is _ABSENT:
+            return _INCLUDE_USAGE
+        if type(options) is not dict or options.get("include_usage") is True:
+            return None
+        return {**options, "include_usage": True}
 
     def _deployments_on(self, models: frozenset[str], backend: Backend) -> frozenset[str]:
         key = (models, backend.name)
@@ -488,6 +530,34 @@ def _other_deployments(document: dict[str, object] | None) -> tuple[list[tuple[s
 def _names_no_model(found: BodyModel) -> bool:
     """A JSON body without a `model` member, or a form without a `model` field (`default_model`'s case)."""
     return found.field is None and (found.document is None or "model" not in found.document)
+
+
+_ABSENT = object()
+_INCLUDE_USAGE: dict[str, object] = {"include_usage": True}  # shared: never written into
+_INCLUDE_USAGE_JSON = b'{"include_usage":true}'
+
+
+def _dumps(document: object) -> bytes:
+    try:
+        return orjson.dumps(document)
+    except TypeError:  # a lone surrogate or an integer beyond 64 bits: the standard library writes those
+        return json.dumps(document).encode()
+
+
+def _with_stream_options(body: bytes, found: BodyModel, options: dict[str, object]) -> bytes | Reply:
+    """The body with its top-level `stream_options` (`options`, from _stream_options_wanted): added as a new
+    member when the body has none, else that member's value written anew; every other byte as in `body` (the
+    client's, or what the model's rewrite made of it)."""
+    try:
+        if found.document is None or "stream_options" not in found.document:
+            return insert_top_level_json(body, "stream_options", _INCLUDE_USAGE_JSON)
+        return replace_top_level_json(body, "stream_options", _dumps(options))
+    except TooManyMembers:
+        return errors.TOO_MANY_MEMBERS
+    except DuplicateMember:  # the parsers read the last; a reader taking the first would not ask for usage
+        return errors.DUPLICATE_STREAM_OPTIONS
+    except InvalidJson:  # parsed, yet not walkable: not expected; never forward a guess
+        return errors.INVALID_JSON
 
 
 def _with_model(body: bytes, found: BodyModel, deployment: str) -> bytes | Reply:

@@ -23,13 +23,14 @@ from ..auth.upstream import UPSTREAM_AUTHORIZATION_HEADER
 from ..config import BackendSettings, ConfigError, Settings, UnmappedModelPolicy
 from ..core.catalogue import headers_only_prefixes
 from ..config.schema import PoolMember
-from ..routing import BYOK_CLUSTER, DEFAULT_BACKEND, POOL_METADATA_NAMESPACE, cluster_name, pool_cluster_name
+from ..routing import BYOK_CLUSTER, DEFAULT_BACKEND, POOL_METADATA_NAMESPACE, REQUEST_METADATA_NAMESPACE, cluster_name, pool_cluster_name
 
 # The routes a request takes before the ext_proc decides lead to this cluster, which is never defined:
 # Envoy answers 404 itself, so an undecided request cannot leave it.
 UNDECIDED_CLUSTER = "aoai_gateway_undecided"
 POOL_MODEL = "pool_model"  # the template's model of a pool's cluster and route, copied once per pool
 BREAKER_LOG_CLUSTER = "breaker_log"  # the circuit breaker's gRPC access log (kept only with pools)
+USAGE_LOG_CLUSTER = "usage_log"  # the usage process's gRPC access log (kept only when it runs)
 BREAKER_HEALTH_HOST = "circuit-{}"  # a member's health check Host (extproc/breaker/service.py reads it)
 TEMPLATE_ENV = "AOAI_GATEWAY_ENVOY_TEMPLATE"
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
@@ -134,13 +135,10 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         for http_filter in _http_filters(listener):
             if http_filter["name"] == "envoy.filters.http.ext_proc":
                 http_filter["typed_config"]["message_timeout"] = f"{settings.extproc.message_timeout_ms / 1000:g}s"
-                # The namespaces a pool's tries come in (extproc/processor/messages.py), and no others;
-                # without pools, none (the option left out: Envoy accepts no metadata then either).
-                if largest_pool:
-                    http_filter["typed_config"]["metadata_options"] = {"receiving_namespaces": {
-                        "untyped": [f"{POOL_METADATA_NAMESPACE}{i}" for i in range(largest_pool)]}}
-                else:
-                    http_filter["typed_config"].pop("metadata_options", None)
+                # What the request is for (aoai.request, for the access logs) and the namespaces a pool's tries
+                # come in (extproc/processor/messages.py), and no others.
+                http_filter["typed_config"]["metadata_options"] = {"receiving_namespaces": {
+                    "untyped": [REQUEST_METADATA_NAMESPACE] + [f"{POOL_METADATA_NAMESPACE}{i}" for i in range(largest_pool)]}}
                 # x-envoy-max-retries: only pools set it; the Host (bring your own key's resource), which Envoy
                 # ignores from an ext_proc unless told (allow_all_routing).
                 rules = {"allow_envoy": True} if largest_pool else {}
@@ -176,6 +174,7 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     _upstream_cluster(_named(resources["clusters"], cluster_name(DEFAULT_BACKEND), "cluster"), DEFAULT_BACKEND, settings.azure)
     _pools(settings, resources, listeners)
     _breaker_log(settings, resources, listeners)
+    _usage_log(settings, resources, listeners)
     _client_keys(settings, listeners)
     _cors(settings, listeners)
     _browser_guard(settings, listeners)
@@ -290,7 +289,6 @@ def _cors(settings: Settings, listeners: list[dict[str, Any]]) -> None:
                     per_filter[CORS_FILTER]["allow_origin_string_match"] = origins
 
 
-SET_FILTER_STATE_FILTER = "envoy.filters.http.set_filter_state"
 MIN_FILL_MS = 50  # Envoy's finest token bucket refill
 
 
@@ -328,9 +326,9 @@ def _client_keys(settings: Settings, listeners: list[dict[str, Any]]) -> None:
                     mutations = http_filter["typed_config"]["mutations"]["request_mutations"]
                     mutations[:] = [m for m in mutations if m.get("remove") != CLIENT_HEADER]
             # No key's name to log either.
-            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != SET_FILTER_STATE_FILTER]
             for log in hcm.get("access_log", []):
-                log["typed_config"]["log_format"]["json_format"].pop("client", None)
+                if "log_format" in log["typed_config"]:
+                    log["typed_config"]["log_format"]["json_format"].pop("client", None)
         mappers = hcm.get("local_reply_config", {}).get("mappers", [])
         if not limited:
             mappers[:] = [m for m in mappers if "local_rate_limited" not in str(m.get("filter"))]
@@ -379,6 +377,19 @@ def _breaker_log(settings: Settings, resources: dict[str, Any], listeners: list[
         return
     cluster["load_assignment"]["endpoints"] = [
         {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(settings.breaker_paths.access_log)}}}}]}]
+
+
+def _usage_log(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:
+    """The connection managers' access log to the usage process and its cluster: only when that process runs."""
+    cluster = _named(resources["clusters"], USAGE_LOG_CLUSTER, "cluster")
+    if settings.usage_process:
+        cluster["load_assignment"]["endpoints"] = [
+            {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(settings.usage_paths.access_log)}}}}]}]
+        return
+    resources["clusters"].remove(cluster)
+    for hcm in _distinct_connection_managers(listeners):
+        hcm["access_log"] = [log for log in hcm.get("access_log", []) if log["typed_config"].get(
+            "common_config", {}).get("grpc_service", {}).get("envoy_grpc", {}).get("cluster_name") != USAGE_LOG_CLUSTER]
 
 
 def _pools(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:
@@ -452,7 +463,9 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
             tls["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"] = {"filename": str(backend.ca_file)}
             matches.append({"name": f"member-{i}", "match": {"member": str(i)}, "transport_socket": tls})
         circuit = settings.circuit_of(member)
-        metadata: dict[str, Any] = {"aoai": {"member": str(i), "circuit": str(circuit)}}
+        # member and circuit: the pool's filters and the breaker; backend and deployment: the access logs.
+        metadata: dict[str, Any] = {"aoai": {"member": str(i), "circuit": str(circuit), "backend": member.backend,
+                                             "deployment": member.deployment}}
         if socket_match:
             metadata["envoy.transport_socket_match"] = socket_match
         by_level.setdefault(levels[member.priority], []).append({

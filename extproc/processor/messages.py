@@ -11,14 +11,13 @@ from google.protobuf.struct_pb2 import Struct
 from ..auth.client import CLIENT_HEADER
 from ..auth.upstream import UPSTREAM_AUTHORIZATION_HEADER
 from ..core.decision import Forward, Reply, RequestHead
-from ..routing import POOL_METADATA_NAMESPACE
+from ..routing import POOL_METADATA_NAMESPACE, REQUEST_METADATA_NAMESPACE
 
 ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstream; clients' copies are stripped
 # The client's credentials never reach upstream; a header the upstream credential sets is overwritten,
 # never removed and re-added.
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "api-key")
 REPLY_DETAILS = "aoai_gateway_reply"
-REQUEST_METADATA_NAMESPACE = "aoai.request"  # what the request is for (envoy/envoy.yaml's access logs read it)
 MAX_METADATA_NAME = 256
 IMAGE_DEPLOYMENT_HEADER = "x-ms-oai-image-generation-deployment"  # Azure's: the image tool's deployment
 

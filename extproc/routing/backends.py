@@ -18,6 +18,8 @@ def cluster_name(backend: str) -> str:
 # per member, this prefix + the member's id (extproc/processor/messages.py writes them, the pool
 # clusters' upstream Lua filter reads its member's, envoy_config lists them as accepted).
 POOL_METADATA_NAMESPACE = "aoai.pool."
+# What a request is for (model, deployment, backend, client): Envoy's access logs and the usage process read it.
+REQUEST_METADATA_NAMESPACE = "aoai.request"
 
 
 BYOK_CLUSTER = "byok"  # bring your own key: Envoy's dynamic forward proxy to the clients' own resources

@@ -1,6 +1,7 @@
 """The ext_proc service: `worker_count` worker processes, one Unix socket each, kept running (and
 the circuit breaker's process when pools exist: extproc/breaker; the Entra ID token process when a backend
-uses Entra ID: extproc/identity).
+uses Entra ID: extproc/identity; the usage process when metrics are on or a client key has a token limit:
+extproc/usage).
 
 Envoy lists every socket as an endpoint of the `extproc` cluster (least-request balancing): Unix
 sockets have no SO_REUSEPORT, so separate sockets are how several processes share the load. With
@@ -23,10 +24,11 @@ from multiprocessing.process import BaseProcess
 
 from ..auth.keyfiles import CredentialError
 from ..breaker.board import create as create_board
+from ..usage.board import create as create_spend_board
 from ..config import Settings
 from ..rpc.health import is_serving
 from .processes import WORKER_STOP_TIMEOUT_S
-from .sockets import SocketInUseError, prepare_socket
+from .sockets import SocketInUseError, prepare_socket, socket_in_use
 from .worker import run_worker
 
 log = logging.getLogger(__name__)
@@ -146,11 +148,13 @@ class Supervisor:
 
 
 def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
-    """Run `worker_count` worker processes (and, when pools exist, the circuit breaker's process),
+    """Run `worker_count` worker processes (and, when pools exist, the circuit breaker's process; the Entra ID token
+    process; the usage process),
     each started again when it dies; SIGTERM/SIGINT stop them all."""
     paths = settings.socket_paths()
     breaker = bool(settings.pools)
     identity = bool(settings.entra_credentials)
+    usage = settings.usage_process
     if identity:
         from ..identity.credentials import check as check_entra
 
@@ -166,7 +170,8 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
         for stale in (*settings.socket_dir.glob("entra-*.token"), *settings.socket_dir.glob(".entra-*.token.*")):
             stale.unlink(missing_ok=True)
     try:
-        for path in paths + ([settings.breaker_paths.http, settings.breaker_paths.access_log] if breaker else []):
+        for path in (paths + ([settings.breaker_paths.http, settings.breaker_paths.access_log] if breaker else [])
+                     + ([settings.usage_paths.access_log] if usage else [])):
             prepare_socket(path)
     except SocketInUseError as exc:
         log.error("%s; is the ext_proc already running?", exc)
@@ -174,7 +179,9 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     if breaker:
         # Before any reader or writer starts: every worker maps this file at its start.
         create_board(settings.breaker_paths.trips, len(settings.circuits))
-    if len(paths) == 1 and not breaker and not identity:
+    if settings.token_limited_keys:  # the same for the token spend (blocks of a former run are not kept)
+        create_spend_board(settings.usage_paths.board, len(settings.token_limited_keys))
+    if len(paths) == 1 and not breaker and not identity and not usage:
         run_worker(settings, paths[0])  # one process: its exit is the service's (systemd, Kubernetes or `up` acts)
         return 0
     # Workers are forked from a fork server that has imported the worker's modules but run nothing:
@@ -182,11 +189,12 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
     # needs to import them, and still inherits no gRPC state (nothing gRPC ran in the fork server).
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["extproc.runtime.worker"] + (["extproc.runtime.breaker_process"] if breaker else [])
-                                   + (["extproc.runtime.identity_process"] if identity else []))
+                                   + (["extproc.runtime.identity_process"] if identity else [])
+                                   + (["extproc.runtime.usage_process"] if usage else []))
     level = logging.getLogger().getEffectiveLevel()
     # After the workers' slots: the breaker (with pools; restarted, it reads its trips back) and the Entra ID
     # token process (restarted, it gets a token again; the workers keep the last one meanwhile).
-    services = (["breaker"] if breaker else []) + (["identity"] if identity else [])
+    services = (["breaker"] if breaker else []) + (["identity"] if identity else []) + (["usage"] if usage else [])
 
     def start(slot: int) -> BaseProcess:
         if slot >= len(paths):
@@ -195,6 +203,10 @@ def serve(settings: Settings, policy: RestartPolicy = RestartPolicy()) -> int:
                 from .breaker_process import run_breaker
 
                 return context.Process(target=run_breaker, args=(settings, os.getpid(), level), name="breaker")
+            if service == "usage":
+                from .usage_process import run_usage
+
+                return context.Process(target=run_usage, args=(settings, os.getpid(), level), name="usage")
             from .identity_process import run_identity
 
             return context.Process(target=run_identity, args=(settings, os.getpid(), level), name="entra-tokens")
@@ -219,6 +231,9 @@ def check_health(settings: Settings, timeout_s: float = 2.0) -> int:
             status = 1
     if settings.entra_credentials and not settings.entra_ready_path.exists():
         print(f"{settings.entra_ready_path}: the Entra ID token process has not asked for its tokens yet")
+        status = 1
+    if settings.usage_process and not socket_in_use(settings.usage_paths.access_log, timeout_s):
+        print(f"{settings.usage_paths.access_log}: the usage process does not answer")
         status = 1
     if settings.pools:
         from ..breaker.status import fetch_status

@@ -130,6 +130,7 @@ def write_config(directory: Path, **sections: str) -> Path:
         "models": "{" + ", ".join(f"'{k}': '{v}'" for k, v in MODEL_MAP.items()) + "}",
         "unmapped_models": "reject",
         "extproc": "{workers: 1}",
+        "metrics": f"{{port: {free_port()}}}",
     }
     sections = {**defaults, **sections}
     listen_options = sections.pop("listen_options", "")  # more of `listen:` (e.g. "allowed_hosts: [a]")

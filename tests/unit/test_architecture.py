@@ -25,12 +25,14 @@ ALLOWED = {
     "config": {"core", "routing", "auth"},
     "processor": {"core", "rpc", "auth", "routing"},
     "rpc": set(),
-    "compile": {"config", "core", "routing", "auth", "breaker"},
-    "breaker": {"config"},
+    "compile": {"config", "core", "routing", "auth", "breaker", "usage"},
+    "breaker": {"config", "sharedfloats"},
+    "usage": {"config", "breaker", "sharedfloats"},
+    "sharedfloats": set(),
     "identity": {"config", "auth"},
     "envoy_config": {"config", "core", "routing", "auth"},
     "runtime": {"compile", "config", "core", "processor", "rpc", "envoy_config", "routing", "auth", "breaker",
-                "identity"},
+                "identity", "usage"},
     "emulator": set(),
 }
 

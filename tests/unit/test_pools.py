@@ -148,7 +148,8 @@ def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path
     east, north = levels[0]["lb_endpoints"]
     assert east["endpoint"]["hostname"] == "east.openai.azure.com" and east["load_balancing_weight"] == 3
     # The cluster's own TLS socket; its circuit, whose health the breaker answers on its Unix socket.
-    assert east["metadata"]["filter_metadata"] == {"aoai": {"member": "0", "circuit": "0"}}
+    assert east["metadata"]["filter_metadata"] == {"aoai": {"member": "0", "circuit": "0", "backend": "east",
+                                                            "deployment": "gpt-4o-east"}}
     assert east["endpoint"]["health_check_config"] == {
         "hostname": "circuit-0", "address": {"pipe": {"path": str(tmp_path / "state" / "run" / "breaker.sock")}}}
     [health_check] = clusters["pool-0"]["health_checks"]
@@ -178,7 +179,7 @@ def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path
                         if f["name"] == "envoy.filters.http.ext_proc")["typed_config"]
         # The largest pool has three members: their namespaces, and nothing else, are accepted.
         assert ext_proc["metadata_options"]["receiving_namespaces"]["untyped"] == [
-            "aoai.pool.0", "aoai.pool.1", "aoai.pool.2"]
+            "aoai.request", "aoai.pool.0", "aoai.pool.1", "aoai.pool.2"]
         routes = listener["filter_chains"][-1]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
         by_cluster = {r["route"].get("cluster"): r for r in routes if "route" in r}
         assert "pool_model" not in by_cluster
@@ -201,11 +202,11 @@ def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path
 def test_without_pools_nothing_of_them_is_rendered(tmp_path: Path) -> None:
     config = envoy_config.render(settings(tmp_path, "azure: {endpoint: 'https://main.openai.azure.com'}\n"
                                                      "state_dir: {state}\nlisten: {https_port: null}\n"), None)
-    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["extproc", "azure"]
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["extproc", "azure", "usage_log"]
     text = orjson.dumps(config).decode()
     assert "upstream_log" not in text and "breaker_log" not in text  # no breaker, no access log to it
     assert "pool_model" not in text and "pool-" not in text and "previous_priorities" not in text
-    assert "metadata_options" not in text  # the ext_proc filter accepts no dynamic metadata at all
+    assert "aoai.pool" not in text  # the ext_proc filter accepts only what a request is for (aoai.request)
     assert "mutation_rules" not in text  # nor x-envoy-* headers
 
 

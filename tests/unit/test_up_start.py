@@ -44,6 +44,7 @@ def test_a_stop_signal_while_waiting_for_envoy_stops_everything(tmp_path: Path, 
         f"listen: {{address: 127.0.0.1, http_port: {free_port()}, https_port: null}}\n"
         f"envoy: {{admin_port: {free_port()}, concurrency: 1, binary: {fake}}}\n"
         "extproc: {workers: 2}\n"
+        f"metrics: {{port: {free_port()}}}\n"
         f"state_dir: {tmp_path / 'state'}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "AOAI_GATEWAY_"))}

@@ -1,0 +1,169 @@
+"""What the usage process counts, from Envoy's access log entries (pure: the caller gives the clock).
+
+`Request` is one logged request as the ledger reads it; `Ledger` turns it into the Prometheus metrics (its own
+registry), the status page's last hour per minute, and the token-limited keys' spend. Label values are bounded:
+models, deployments, backends and clients the settings do not name are counted as "other", and "none" stands for
+a request without one (a file upload has no model; a request without a client key, no client).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..config import Settings
+from .windows import KeyLimits, key_limits
+
+OTHER, NONE = "other", "none"
+TOKEN_TYPES = ("input", "output", "cached_input", "reasoning")
+# OpenTelemetry's advice for gen_ai.client.token.usage and for durations.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+HOUR_MINUTES = 60
+
+
+class Request(NamedTuple):
+    """One request as Envoy logged it."""
+
+    status: int  # 0: no answer was sent
+    model: str = ""
+    deployment: str = ""
+    backend: str = ""
+    client: str = ""
+    duration_s: float = 0.0  # to the answer's last byte
+    ttfb_s: float | None = None  # to the answer's first byte; None: none was sent
+    tries: int = 0  # upstream tries (a pool's failovers are tries - 1)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        if self.total_tokens is not None:
+            return self.total_tokens
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+
+class Labels:
+    """Bounded label values: what the settings name, else OTHER; NONE for nothing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.models = frozenset(settings.models)
+        deployments = {d for d in settings.models.values() if isinstance(d, str)}
+        deployments |= {member.deployment for members in settings.pools.values() for member in members}
+        self.deployments = frozenset(deployments)
+        self.backends = frozenset({*settings.all_backends, "byok"})
+        self.clients = frozenset(key.name for key in settings.clients.keys)
+
+    @staticmethod
+    def _bounded(value: str, known: frozenset[str]) -> str:
+        if not value:
+            return NONE
+        return value if value in known else OTHER
+
+    def of(self, request: Request) -> tuple[str, str, str, str]:
+        return (self._bounded(request.model, self.models), self._bounded(request.deployment, self.deployments),
+                self._bounded(request.backend, self.backends), self._bounded(request.client, self.clients))
+
+
+class Minute:
+    __slots__ = ("number", "models", "clients")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.models: dict[str, list[int]] = {}  # label -> [requests, tokens]
+        self.clients: dict[str, list[int]] = {}
+
+
+class History:
+    """The last hour, per minute: requests and tokens per model and per client (the status page's charts)."""
+
+    def __init__(self) -> None:
+        self._minutes: deque[Minute] = deque(maxlen=HOUR_MINUTES)
+
+    def add(self, now: float, model: str, client: str, tokens: int) -> None:
+        number = int(now // 60)
+        if not self._minutes or self._minutes[-1].number < number:
+            self._minutes.append(Minute(number))
+        minute = self._minutes[-1]
+        for table, name in ((minute.models, model), (minute.clients, client)):
+            row = table.setdefault(name, [0, 0])
+            row[0] += 1
+            row[1] += tokens
+
+    def series(self, now: float) -> dict[str, object]:
+        """{minutes: [epoch seconds of each of the last 60 minutes], models|clients: {name: {requests, tokens}}},
+        each list one value per minute, oldest first."""
+        last = int(now // 60)
+        first = last - HOUR_MINUTES + 1
+        out: dict[str, dict[str, dict[str, list[int]]]] = {"models": {}, "clients": {}}
+        for minute in self._minutes:
+            if minute.number < first:
+                continue
+            at = minute.number - first
+            for kind, table in (("models", minute.models), ("clients", minute.clients)):
+                for name, (requests, tokens) in table.items():
+                    row = out[kind].setdefault(name, {"requests": [0] * HOUR_MINUTES, "tokens": [0] * HOUR_MINUTES})
+                    row["requests"][at] += requests
+                    row["tokens"][at] += tokens
+        return {"minutes": [(first + i) * 60 for i in range(HOUR_MINUTES)], **out}
+
+
+class Ledger:
+    def __init__(self, settings: Settings) -> None:
+        self.labels = Labels(settings)
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("aoai_gateway_requests", "Requests the gateway answered, by what they were for and the "
+                                "status class of the answer", ["gen_ai_request_model", "deployment", "backend", "client",
+                                                              "status_class"], registry=r)
+        self.token_usage = Histogram("gen_ai_client_token_usage", "Tokens per request as Azure reported them "
+                                     "(OpenTelemetry GenAI gen_ai.client.token.usage)",
+                                     ["gen_ai_request_model", "gen_ai_token_type", "client"], buckets=TOKEN_BUCKETS,
+                                     registry=r)
+        self.tokens = Counter("aoai_gateway_tokens", "Tokens Azure reported, by type (cached_input is part of input, "
+                              "reasoning part of output)", ["gen_ai_request_model", "client", "type"], registry=r)
+        self.duration = Histogram("gen_ai_server_request_duration_seconds", "From the request's first byte to the "
+                                  "answer's last, as Envoy saw it", ["gen_ai_request_model", "backend", "status_class"],
+                                  buckets=DURATION_BUCKETS, registry=r)
+        self.ttfb = Histogram("aoai_gateway_time_to_first_byte_seconds", "From the request's first byte to the "
+                              "answer's first (a stream's first chunk)", ["gen_ai_request_model", "backend"],
+                              buckets=DURATION_BUCKETS, registry=r)
+        self.failovers = Counter("aoai_gateway_failovers", "Tries of a pool request beyond its first",
+                                 ["gen_ai_request_model"], registry=r)
+        self.history = History()
+        self.limits: list[KeyLimits] = [key_limits(key.name, key.tokens_per_minute, key.tokens_per_day)
+                                        for key in settings.token_limited_keys]
+        self._limit_slot = {limits.name: slot for slot, limits in enumerate(self.limits)}
+        self.totals = {"requests": 0, "tokens": 0}
+
+    def record(self, request: Request, now: float) -> tuple[int, tuple[float, ...]] | None:
+        """Count one request; for a token-limited key whose answer reported tokens: (its slot, each window's
+        blocked-until) to publish."""
+        model, deployment, backend, client = self.labels.of(request)
+        status_class = f"{request.status // 100}xx" if request.status else "none"
+        self.requests.labels(model, deployment, backend, client, status_class).inc()
+        self.duration.labels(model, backend, status_class).observe(request.duration_s)
+        if request.ttfb_s is not None:
+            self.ttfb.labels(model, backend).observe(request.ttfb_s)
+        if request.tries > 1:
+            self.failovers.labels(model).inc(request.tries - 1)
+        tokens = request.tokens
+        for kind, value in zip(TOKEN_TYPES, (request.input_tokens, request.output_tokens, request.cached_tokens,
+                                             request.reasoning_tokens)):
+            if value:
+                self.tokens.labels(model, client, kind).inc(value)
+        for kind, value in (("input", request.input_tokens), ("output", request.output_tokens)):
+            if value is not None:
+                self.token_usage.labels(model, kind, client).observe(value)
+        self.totals["requests"] += 1
+        self.totals["tokens"] += tokens
+        self.history.add(now, model, client, tokens)
+        slot = self._limit_slot.get(request.client)
+        if slot is None or not tokens:
+            return None
+        return slot, self.limits[slot].add(tokens, now)

@@ -1,0 +1,258 @@
+"""The usage process's service: Envoy's gRPC access log in (every request, after it ended), and out:
+  GET /metrics       Prometheus text format (prometheus-client)
+  GET /              the status page (extproc/usage/page: plain HTML and a script, nothing from elsewhere)
+  GET /status.json   what the page shows
+on `metrics.address:metrics.port`; and each token-limited key's spend on the spend board (extproc/usage/board.py),
+which every ext_proc worker reads before it lets that key's request through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from importlib.metadata import PackageNotFoundError, version
+from importlib.resources import files
+from typing import Any
+
+import grpc
+from aiohttp import web
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..breaker.status import fetch_status
+from ..config import Settings
+from .board import WINDOWS, SpendWriter
+from .ledger import Ledger, Request
+
+log = logging.getLogger(__name__)
+try:
+    __version__ = version("aoai-gateway")
+except PackageNotFoundError:  # run from a checkout that was not installed
+    __version__ = "unknown"
+CIRCUIT_TAG = "circuit"  # the access log's custom tag: the answering pool member's circuit
+BREAKER_POLL_S = 2.0
+PAGE_FILES = {"/": ("index.html", "text/html"), "/status.js": ("status.js", "text/javascript"),
+              "/status.css": ("status.css", "text/css")}
+
+
+def _seconds(duration: Any) -> float:
+    return float(duration.seconds) + duration.nanos / 1e9
+
+
+def request_of(entry: Any, circuits: tuple[tuple[str, str], ...]) -> Request:
+    """An access log entry (HTTPAccessLogEntry) as the ledger counts it."""
+    common = entry.common_properties
+    metadata = common.metadata.filter_metadata
+    about = metadata["aoai.request"].fields if "aoai.request" in metadata else {}
+    usage = metadata["aoai.usage"].fields if "aoai.usage" in metadata else {}
+
+    def text(name: str) -> str:
+        value = about.get(name)
+        return value.string_value if value is not None else ""
+
+    def count(name: str) -> int | None:
+        value = usage.get(name)
+        return int(value.number_value) if value is not None else None
+
+    backend, deployment = text("backend"), text("deployment")
+    tag = common.custom_tags.get(CIRCUIT_TAG, "")
+    if not deployment and tag.isascii() and tag.isdigit() and int(tag) < len(circuits):
+        backend, deployment = circuits[int(tag)]  # a pool's: the member that answered
+    if common.HasField("time_to_last_downstream_tx_byte"):
+        duration = _seconds(common.time_to_last_downstream_tx_byte)
+    else:
+        duration = _seconds(common.duration)
+    ttfb = _seconds(common.time_to_first_downstream_tx_byte) if common.HasField("time_to_first_downstream_tx_byte") else None
+    return Request(entry.response.response_code.value, text("model"), deployment, backend, text("client"), duration,
+                   ttfb, common.upstream_request_attempt_count, count("prompt_tokens"), count("completion_tokens"),
+                   count("total_tokens"), count("cached_tokens"), count("reasoning_tokens"))
+
+
+class UsageService:
+    def __init__(self, settings: Settings, spend: SpendWriter | None) -> None:
+        self.settings = settings
+        self.ledger = Ledger(settings)
+        self.started = time.time()
+        self.breaker: dict[str, Any] | None = None  # the breaker's last /status (with pools)
+        self._spend = spend
+        self._circuits = settings.circuits
+        self.ledger.registry.register(_StateCollector(self))
+        if spend is not None:  # a restarted usage process: the blocks it published stand, their spend is forgotten
+            for slot in range(len(self.ledger.limits)):
+                if any(until > self.started for until in spend.blocked(slot)):
+                    log.warning("client key %s: its token limit's block stands until it ends; its spend before this "
+                                "restart is not known", self.ledger.limits[slot].name)
+
+    def record(self, entry: Any, now: float) -> None:
+        published = self.ledger.record(request_of(entry, self._circuits), now)
+        if published is not None and self._spend is not None:
+            slot, until = published
+            self._spend.publish(slot, until)
+
+    def workers_up(self) -> int:
+        """Workers whose socket accepts a connection (a Unix connect: immediate)."""
+        up = 0
+        for path in self.settings.socket_paths():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.2)
+                up += probe.connect_ex(str(path)) == 0
+        return up
+
+    def status(self, now: float) -> dict[str, Any]:
+        settings = self.settings
+        backends = [{"name": name, "endpoint": backend.endpoint or "", "type": backend.type, "auth":
+                     "entra" if backend.entra_credential is not None else "api key" if backend.holds_credential else "client's key"}
+                    for name, backend in settings.all_backends.items()]
+        clients = []
+        for key in settings.clients.keys:
+            row: dict[str, Any] = {"name": key.name, "tokens_per_minute": key.tokens_per_minute,
+                                   "tokens_per_day": key.tokens_per_day, "requests_per_minute": key.requests_per_minute}
+            if key.token_limited:
+                slot = next(i for i, limits in enumerate(self.ledger.limits) if limits.name == key.name)
+                row["remaining"] = self.ledger.limits[slot].remaining(now)
+                if self._spend is not None:
+                    row["blocked_until"] = max(self._spend.blocked(slot))
+            clients.append(row)
+        return {
+            "version": __version__, "started": self.started, "now": now, "uptime_s": round(now - self.started, 3),
+            "workers": {"configured": settings.worker_count, "up": self.workers_up()},
+            "backends": backends, "models": {m: (t if isinstance(t, str) else f"pool of {len(t)}")
+                                             for m, t in settings.models.items()},
+            "pools": (self.breaker or {}).get("pools", {}), "breaker_reachable": self.breaker is not None,
+            "clients": clients, "totals": dict(self.ledger.totals), "history": self.ledger.history.series(now),
+        }
+
+    async def poll_breaker(self) -> None:
+        """The pools' states, from the breaker process (its /status), every BREAKER_POLL_S."""
+        path = self.settings.breaker_paths.http
+        while True:
+            try:
+                self.breaker = await asyncio.to_thread(fetch_status, path, timeout=BREAKER_POLL_S)
+            except (OSError, ValueError):
+                self.breaker = None
+            await asyncio.sleep(BREAKER_POLL_S)
+
+
+class _StateCollector(Collector):
+    """Gauges read when scraped: the workers, the circuits, the keys' token spend, the version."""
+
+    def __init__(self, service: UsageService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Any]:
+        service = self._service
+        now = time.time()
+        info = GaugeMetricFamily("aoai_gateway_info", "The gateway's version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily("aoai_gateway_start_time_seconds", "When the usage process started (epoch seconds)",
+                                value=service.started)
+        yield GaugeMetricFamily("aoai_gateway_extproc_workers", "ext_proc worker processes configured",
+                                value=service.settings.worker_count)
+        yield GaugeMetricFamily("aoai_gateway_extproc_workers_up", "ext_proc worker processes accepting connections",
+                                value=service.workers_up())
+        if service.settings.pools:
+            open_ = GaugeMetricFamily("aoai_gateway_circuit_open", "1 while the circuit breaker keeps a pool member "
+                                      "out", labels=["member"])
+            trips = CounterMetricFamily("aoai_gateway_circuit_trips", "Times the circuit breaker took a pool member "
+                                        "out (since the breaker process started)", labels=["member"])
+            seen = set()
+            for members in (service.breaker or {}).get("pools", {}).values():
+                for member in members:
+                    name = f"{member['backend']}/{member['deployment']}"
+                    if name not in seen:
+                        seen.add(name)
+                        open_.add_metric([name], 1 if member["state"] == "tripped" else 0)
+                        trips.add_metric([name], member.get("trips", 0))
+            yield open_
+            yield trips
+        if service.ledger.limits:
+            remaining = GaugeMetricFamily("aoai_gateway_client_tokens_remaining", "Tokens a client key may still "
+                                          "spend in its window before its requests are refused", labels=["client", "window"])
+            for limits in service.ledger.limits:
+                for window, value in limits.remaining(now).items():
+                    if value < 2**61:  # a window without a limit
+                        remaining.add_metric([limits.name, window], value)
+            yield remaining
+
+
+class AccessLog(als_pb2_grpc.AccessLogServiceServicer):
+    def __init__(self, service: UsageService) -> None:
+        self._service = service
+
+    async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+                               context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
+        async for message in request_iterator:
+            now = time.time()
+            for entry in message.http_logs.log_entry:
+                try:
+                    self._service.record(entry, now)
+                except Exception:  # one odd entry must not drop the batch
+                    log.exception("a request's log entry could not be counted")
+        return als_pb2.StreamAccessLogsResponse()
+
+
+def _http_app(service: UsageService) -> web.Application:
+    page = files(__package__) / "page"
+    cached = {path: (page.joinpath(name).read_bytes(), kind) for path, (name, kind) in PAGE_FILES.items()}
+
+    async def metrics(_request: web.Request) -> web.Response:
+        body = generate_latest(service.ledger.registry)
+        return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.json_response(service.status(time.time()), headers={"cache-control": "no-store"})
+
+    async def page_file(request: web.Request) -> web.Response:
+        body, kind = cached[request.path]
+        return web.Response(body=body, content_type=kind, headers={
+            "cache-control": "no-cache", "x-content-type-options": "nosniff",
+            # Nothing from elsewhere, no framing: the page loads only what this server serves.
+            "content-security-policy": "default-src 'self'; frame-ancestors 'none'"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status.json", status)
+    for path in PAGE_FILES:
+        app.router.add_get(path, page_file)
+    return app
+
+
+async def serve_usage(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT (its socket's path must be free: runtime.usage_process)."""
+    paths = settings.usage_paths
+    limited = len(settings.token_limited_keys)
+    service = UsageService(settings, SpendWriter(paths.board, limited) if limited else None)
+    server = grpc.aio.server()
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLog(service), server)
+    server.add_insecure_port(f"unix:{paths.access_log}")
+    await server.start()
+    os.chmod(paths.access_log, 0o660)  # Envoy and the ext_proc share a group, not the world
+    runner: web.AppRunner | None = None
+    tasks = []
+    if settings.metrics.enabled:
+        runner = web.AppRunner(_http_app(service), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.metrics.address, settings.metrics.port).start()
+        log.info("metrics and status page on http://%s:%d/ (pid %d)", settings.metrics.address, settings.metrics.port,
+                 os.getpid())
+        if settings.pools:
+            tasks.append(asyncio.create_task(service.poll_breaker()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await server.stop(grace=1)
+    if runner is not None:
+        await runner.cleanup()
+    paths.access_log.unlink(missing_ok=True)
