@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -274,6 +275,26 @@ def _kustomize_text(name: str) -> str:
 
 def kustomize(name: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(_kustomize_text(name)) if doc]
+
+
+def kustomize_with(resources: list[str], components: list[str], namespace: str | None = None) -> list[dict[str, Any]]:
+    """A kustomization a reader would write (in a temporary directory) over deploy/kubernetes's: its
+    resources and components are paths relative to deploy/kubernetes, e.g. an overlay with a component."""
+    kubectl = require_tool("kubectl", "kubectl, which has kustomize built in")
+    with tempfile.TemporaryDirectory(prefix="aoai-kustomize-") as tmp:
+        relative = os.path.relpath(KUBERNETES, tmp)  # kustomize refuses absolute paths
+        document: dict[str, Any] = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [f"{relative}/{path}" for path in resources],
+            "components": [f"{relative}/{path}" for path in components],
+        }
+        if namespace:
+            document["namespace"] = namespace
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(document))
+        result = subprocess.run([kubectl, "kustomize", tmp], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize {resources} + {components}:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:

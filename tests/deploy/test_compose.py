@@ -13,6 +13,7 @@ import pytest
 
 from .helpers import (
     ENV_EXAMPLE,
+    REPO,
     compose_raw,
     compose_resolved,
     healthcheck_argv,
@@ -21,6 +22,12 @@ from .helpers import (
     service_environment,
     service_mounts,
     variables_used,
+)
+from .observability import (
+    COMPOSE_CONFIG,
+    OBSERVABILITY_PROFILE,
+    OBSERVABILITY_SERVICES,
+    metrics_section,
 )
 
 SHARED_DIR = "/run/aoai-gateway"
@@ -65,6 +72,12 @@ def test_the_schema_is_strict_enough_to_catch_mistakes() -> None:
     assert _errors(broken)
     broken = copy.deepcopy(document)
     broken["services"]["envoy"]["readonly"] = True
+    assert _errors(broken)
+    broken = copy.deepcopy(document)
+    broken["services"]["grafana"]["depends_on"]["prometheus"]["condition"] = "started"
+    assert _errors(broken)
+    broken = copy.deepcopy(document)
+    broken["services"]["prometheus"]["security_opt"] = "no-new-privileges:true"
     assert _errors(broken)
 
 
@@ -155,3 +168,84 @@ def test_interpolation_follows_compose() -> None:
     env = {"SET": "x", "EMPTY": ""}
     assert interpolate("${SET:-d} ${EMPTY:-d} ${UNSET:-d} ${EMPTY-d} ${UNSET-d} $$SET $SET", env) == "x d d  d $SET x"
     assert interpolate("${SET:+alt}|${EMPTY:+alt}|${EMPTY+alt}", env) == "alt||alt"
+
+
+# --- the observability profile -----------------------------------------------------------------
+
+
+def _active(services: dict[str, Any], profile: str | None) -> set[str]:
+    """The services `docker compose [--profile PROFILE] up` starts."""
+    return {name for name, service in services.items()
+            if not service.get("profiles") or (profile is not None and profile in service["profiles"])}
+
+
+def test_observability_services_are_only_in_their_profile() -> None:
+    services = compose_resolved()["services"]
+    in_profile = {name for name, s in services.items() if OBSERVABILITY_PROFILE in (s.get("profiles") or [])}
+    assert in_profile == OBSERVABILITY_SERVICES
+    for name in OBSERVABILITY_SERVICES:
+        assert services[name]["profiles"] == [OBSERVABILITY_PROFILE], name
+    assert _active(services, None) == {"extproc", "envoy"}, "`docker compose up` starts the gateway only"
+    assert _active(services, "demo") == {"extproc", "envoy", "emulator", "open-webui"}
+    assert _active(services, "app") == {"extproc", "envoy", "open-webui"}
+    assert _active(services, OBSERVABILITY_PROFILE) == {"extproc", "envoy"} | OBSERVABILITY_SERVICES
+
+
+def test_every_profile_starts_what_its_services_depend_on() -> None:
+    services = compose_resolved()["services"]
+    profiles = {None} | {p for s in services.values() for p in s.get("profiles") or []}
+    for profile in profiles:
+        active = _active(services, profile)
+        for name in active:
+            assert set(services[name].get("depends_on") or {}) <= active, (profile, name)
+
+
+def test_observability_ports_stay_on_localhost_whatever_the_bind() -> None:
+    """AOAI_GATEWAY_BIND may publish the gateway beyond this machine; Prometheus and Grafana stay on it."""
+    for env in ({}, {"AOAI_GATEWAY_BIND": "0.0.0.0"}):
+        services = compose_resolved(env)["services"]
+        for name in OBSERVABILITY_SERVICES:
+            ports = services[name]["ports"]
+            assert ports and all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
+
+
+def test_no_two_services_publish_the_same_host_port() -> None:
+    """Profiles combine (`--profile demo --profile observability`): no port is claimed twice."""
+    published: dict[str, str] = {}
+    for name, service in compose_resolved()["services"].items():
+        for port in service.get("ports") or []:
+            host_port = port.split(":")[-2]
+            assert host_port not in published, f"{name} and {published.get(host_port)} both publish {host_port}"
+            published[host_port] = name
+
+
+def test_the_metrics_port_is_never_published() -> None:
+    """The ext_proc's /metrics is for the compose network (Prometheus) only."""
+    port = str(metrics_section(COMPOSE_CONFIG.read_text())["port"])
+    for env in ({}, read_env_file(ENV_EXAMPLE), {"AOAI_GATEWAY_BIND": "0.0.0.0"}):
+        for name, service in compose_resolved(env)["services"].items():
+            assert not any(p.split(":")[-2] == port or p.split(":")[-1] == port for p in service.get("ports") or []), name
+
+
+@pytest.mark.parametrize("name", sorted(OBSERVABILITY_SERVICES))
+def test_observability_containers_are_hardened(name: str) -> None:
+    service = compose_resolved()["services"][name]
+    uid = str(service["user"]).partition(":")[0]
+    assert uid.isdigit() and uid != "0", "a numeric non-root user"
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert "privileged" not in service and "cap_add" not in service
+    # Writable only where the image keeps its data: a named volume (or tmpfs); every file from here is read-only.
+    for mount in service_mounts(service):
+        assert mount.named or mount.read_only, (name, mount)
+        if mount.named:
+            assert mount.source in compose_raw()["volumes"], (name, mount)
+    assert "healthcheck" in service
+
+
+def test_every_bind_mount_source_exists() -> None:
+    for name, service in compose_resolved()["services"].items():
+        for mount in service_mounts(service):
+            if not mount.named:
+                assert (REPO / mount.source).exists(), f"{name}: {mount.source} does not exist"

@@ -8,12 +8,15 @@ with the openai SDK through Envoy to the emulator.
 
 What differs from containers, and only this: every server binds 127.0.0.1 on a free port (the
 compose config file's ports, and the emulator's, are overridden; compose service names resolve to
-127.0.0.1), and `python`/`/usr/local/bin/envoy` are this environment's (the same Envoy version)."""
+127.0.0.1), and `python`/`/usr/local/bin/envoy` are this environment's (the same Envoy version).
+The observability profile's Prometheus is not run: its scrape (deploy/observability/prometheus.yml's
+target and path) is made here, and must find the request counted."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -32,6 +35,7 @@ from openai import OpenAI
 from extproc.runtime.processes import free_port
 
 from .flavours import compose_flavour, materialize
+from .observability import prometheus_config, scrape_targets
 from .helpers import (
     ENV_EXAMPLE,
     compose_resolved,
@@ -118,7 +122,10 @@ def test_demo_profile_serves_a_request_through_envoy(processes: Processes) -> No
     # Compose's network: service name -> {container port: the port its stand-in listens on}.
     envoy_ports = {int(p.rpartition(":")[2]): free_port() for p in services["envoy"]["ports"]}
     emulator_port = int(flag_value(services["emulator"]["command"], "--port"))
-    network = {"envoy": {**envoy_ports, ADMIN_PORT: free_port()}, "emulator": {emulator_port: free_port()}}
+    scrape, (target,) = scrape_targets(prometheus_config())
+    target_host, _, target_port = target.rpartition(":")
+    network = {"envoy": {**envoy_ports, ADMIN_PORT: free_port()}, "emulator": {emulator_port: free_port()},
+               target_host: {int(target_port): free_port()}}
 
     def resolve(url: str) -> str:
         parts = urlsplit(url)
@@ -134,10 +141,12 @@ def test_demo_profile_serves_a_request_through_envoy(processes: Processes) -> No
         config = flavour.container_settings()
         assert config.envoy.admin_port == ADMIN_PORT
         assert {config.listen.http_port, config.listen.https_port} == set(envoy_ports)
+        assert target_host == "extproc" and config.metrics.enabled and config.metrics.port == int(target_port)
         layout = materialize(flavour, root, overrides={
             "listen": {"address": "127.0.0.1", "http_port": network["envoy"][config.listen.http_port],
                        "https_port": network["envoy"][config.listen.https_port]},
             "envoy": {"admin_port": network["envoy"][ADMIN_PORT]},
+            "metrics": {"address": "127.0.0.1", "port": network["extproc"][config.metrics.port]},
         })
         image_env = {key: remap(value, layout.paths) for key, value in dockerfile.env().items() if key != "PATH"}
 
@@ -191,6 +200,21 @@ def test_demo_profile_serves_a_request_through_envoy(processes: Processes) -> No
         assert chats[0]["headers"]["api-key"] == app["OPENAI_API_KEY"], "the app's key, forwarded as api-key"
         assert "authorization" not in chats[0]["headers"]
         assert chats[0]["json"]["messages"][0]["content"] == "Hello from docker-compose.yml"
+
+        # Prometheus's scrape (observability profile): the request is counted, for its model, with a 2xx.
+        metrics_url = resolve(f"{scrape.get('scheme', 'http')}://{target}{scrape.get('metrics_path', '/metrics')}")
+        counted = re.compile(r'^aoai_gateway_requests_total\{[^}]*gen_ai_request_model="gpt-4o-mini"[^}]*'
+                             r'status_class="2xx"[^}]*\} ([0-9.e+]+)$', re.M)
+
+        def scraped() -> bool:
+            try:
+                reply = httpx.get(metrics_url, timeout=5)
+            except httpx.HTTPError:
+                return False
+            found = counted.search(reply.text) if reply.status_code == 200 else None
+            return found is not None and float(found.group(1)) >= 1
+
+        processes.wait_for(f"the chat completion counted on {metrics_url}", scraped)
 
         # HTTPS on the published 8443 with the development CA the ext_proc made in the shared volume.
         ca = layout.host(str(config.state_path / "tls" / "ca.crt"))

@@ -10,7 +10,7 @@ import subprocess
 import tomllib
 from importlib.metadata import version
 
-from .flavours import all_flavours
+from .flavours import SYSTEMD_CONFIG, all_flavours, kubernetes_flavours
 from .helpers import (
     KUSTOMIZATIONS,
     REPO,
@@ -21,6 +21,15 @@ from .helpers import (
     parse_dockerfile,
     pod_specs,
     venv_bin,
+)
+from .observability import (
+    COMPOSE_CONFIG,
+    METRICS_DEFAULTS,
+    commented_section,
+    datasources,
+    metrics_section,
+    prometheus_config,
+    scrape_targets,
 )
 
 ENVOY_IMAGE = "envoyproxy/envoy"
@@ -74,3 +83,46 @@ def test_every_flavour_renders_into_the_state_dir_the_image_declares() -> None:
 def test_envoy_admin_is_never_published() -> None:
     text = (REPO / "docker-compose.yml").read_text()
     assert not re.search(r"^\s*-\s*\"?[^#\n]*9901:9901", text, re.M)
+
+
+def test_one_metrics_port_everywhere() -> None:
+    """The gateway's /metrics port: compose's config, Prometheus's target and the extproc's expose; each
+    Kubernetes gateway's config, annotation, container port and NetworkPolicy; systemd's documented example;
+    all the config schema's default."""
+    port = METRICS_DEFAULTS["port"]
+    seen: dict[str, object] = {"compose config.yaml": metrics_section(COMPOSE_CONFIG.read_text())["port"]}
+    (target,) = scrape_targets(prometheus_config())[1]
+    seen["prometheus.yml target"] = int(target.rpartition(":")[2])
+    seen.update({f"compose extproc expose {i}": int(p) for i, p in
+                 enumerate(compose_resolved()["services"]["extproc"].get("expose") or [])})
+    for flavour in kubernetes_flavours():
+        seen[flavour.name] = metrics_section(flavour.files[flavour.env["AOAI_GATEWAY_CONFIG"]])["port"]
+    for kustomization in KUSTOMIZATIONS:
+        docs = kustomize(kustomization)
+        for owner, pod in pod_specs(docs):
+            where = f"{kustomization}:{owner['metadata']['name']}"
+            annotations = owner["spec"]["template"]["metadata"].get("annotations") or {}
+            if "prometheus.io/port" in annotations:
+                seen[f"{where} annotation"] = int(annotations["prometheus.io/port"])
+            for c in all_containers(pod):
+                for p in c.get("ports") or []:
+                    if p["name"] == "metrics":
+                        seen[f"{where}:{c['name']} port metrics"] = p["containerPort"]
+        for doc in docs:
+            if doc["kind"] == "NetworkPolicy":
+                for rule in doc["spec"].get("ingress") or []:
+                    if any("metrics-scraper" in str(peer) for peer in rule.get("from") or []):
+                        seen[f"{kustomization} NetworkPolicy"] = [p["port"] for p in rule["ports"]][0]
+    systemd = commented_section(SYSTEMD_CONFIG.read_text(), "metrics")
+    assert systemd is not None, "deploy/systemd/config.yaml documents the metrics section"
+    seen["systemd example"] = systemd["port"]
+    assert systemd["address"] == METRICS_DEFAULTS["address"], "the systemd example keeps the loopback default"
+    assert len(seen) >= 12, seen
+    assert {where: value for where, value in seen.items() if value != port} == {}
+
+
+def test_one_scrape_interval() -> None:
+    """Prometheus's scrape interval is the one Grafana computes $__rate_interval from."""
+    interval = prometheus_config()["global"]["scrape_interval"]
+    (prometheus,) = [d for d in datasources() if d["type"] == "prometheus"]
+    assert prometheus["jsonData"]["timeInterval"] == interval == "15s"

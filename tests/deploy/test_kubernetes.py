@@ -20,9 +20,11 @@ from .helpers import (
     find,
     image_name,
     kustomize,
+    kustomize_with,
     pod_specs,
     volume_sources,
 )
+from .observability import METRICS_PATH, SCRAPER_LABEL, metrics_section, prometheus_config
 
 ENVOY_IMAGE = "envoyproxy/envoy"
 UID = 10001
@@ -178,3 +180,99 @@ def test_gateway_service_and_policy_select_the_gateway_pods() -> None:
     assert envoy is not None
     named_ports = {p["name"] for p in envoy["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= named_ports
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+SCRAPE_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
+MONITORING_COMPONENT = "components/monitoring"
+
+
+def _gateway_config(name: str, owner: dict) -> str:  # type: ignore[type-arg]
+    """The config file the pod's ext_proc reads (its ConfigMap's content)."""
+    flavour = next(f for f in kubernetes_flavours() if f.name == f"kubernetes:{name}:{owner['metadata']['name']}")
+    return flavour.files[flavour.env["AOAI_GATEWAY_CONFIG"]]
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_scraped_pods_announce_the_metrics_port(name: str) -> None:
+    """A pod whose ext_proc serves /metrics beyond its loopback carries the prometheus.io annotations and
+    a container port `metrics` naming exactly that port; a pod that keeps it on loopback announces nothing."""
+    scraped = []
+    for owner, pod in _gateway_pods(name):
+        where = f"{name}: {owner['metadata']['name']}"
+        metrics = metrics_section(_gateway_config(name, owner))
+        annotations = owner["spec"]["template"]["metadata"].get("annotations") or {}
+        extproc = container(pod, "extproc")
+        assert extproc is not None
+        ports = {p["name"]: p for p in extproc.get("ports") or []}
+        if metrics["enabled"] and metrics["address"] not in LOOPBACK:
+            scraped.append(owner["metadata"]["name"])
+            assert annotations["prometheus.io/scrape"] == "true", where
+            assert annotations["prometheus.io/port"] == str(metrics["port"]), where
+            assert annotations["prometheus.io/path"] == METRICS_PATH, where
+            assert ports["metrics"]["containerPort"] == metrics["port"], where
+            assert ports["metrics"].get("protocol", "TCP") == "TCP", where
+        else:
+            assert not set(SCRAPE_ANNOTATIONS) & set(annotations), f"{where}: /metrics is on loopback"
+            assert "metrics" not in ports, where
+        # No other container of the pod claims the port.
+        for other in all_containers(pod):
+            if other is not extproc:
+                assert metrics["port"] not in {p["containerPort"] for p in other.get("ports") or []}, where
+    if name != "base/sidecar":
+        assert "aoai-gateway" in scraped, f"{name}: the shared gateway is scraped"
+
+
+@pytest.mark.parametrize("name", [k for k in KUSTOMIZATIONS if k != "base/sidecar"])
+def test_network_policy_admits_only_scrapers_to_metrics(name: str) -> None:
+    docs = kustomize(name)
+    deployment = find(docs, "Deployment", "aoai-gateway")
+    assert deployment is not None
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    metrics_port = int(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
+                and d["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()]
+    assert policies, f"{name}: no NetworkPolicy selects the gateway pods"
+    admitted = False
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress") or []:
+            # No rule opens every port or admits every source.
+            assert rule.get("ports") and rule.get("from"), rule
+            # Only the scrapers' rule names the metrics port (the clients' rules name Envoy's ports).
+            ports = {p["port"] for p in rule["ports"]}
+            if ports & {metrics_port, "metrics"}:
+                admitted = True
+                assert ports <= {metrics_port, "metrics"}, f"the scrapers' rule admits {ports} too"
+                assert all(p.get("protocol", "TCP") == "TCP" for p in rule["ports"])
+                for peer in rule["from"]:
+                    assert "ipBlock" not in peer, peer
+                    assert peer["podSelector"] == {"matchLabels": SCRAPER_LABEL}, peer
+    assert admitted, f"{name}: Prometheus cannot reach port {metrics_port}"
+
+
+@pytest.mark.parametrize("base", ["base/gateway", "overlays/production"])
+def test_monitoring_component_scrapes_the_metrics_port(base: str) -> None:
+    """components/monitoring (Prometheus Operator): its PodMonitor selects the gateway pods and names the
+    ext_proc's port `metrics` and the annotations' path; it is in no kustomization by default (CRD needed)."""
+    docs = kustomize_with([base], [MONITORING_COMPONENT], namespace="aoai-gateway")
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == "aoai-gateway"
+    deployment = find(docs, "Deployment", "aoai-gateway")
+    assert deployment is not None
+    template = deployment["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    extproc = container(template["spec"], "extproc")
+    assert extproc is not None
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in extproc["ports"]}
+    assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"]
+    assert endpoint["interval"] == prometheus_config()["global"]["scrape_interval"]
+    # The rest is what the kustomization renders without the component.
+    without = kustomize_with([base], [], namespace="aoai-gateway")
+    assert [d for d in docs if d["kind"] != "PodMonitor"] == without
+    for name in KUSTOMIZATIONS:
+        assert not any(d["kind"] == "PodMonitor" for d in kustomize(name)), name
