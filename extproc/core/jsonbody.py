@@ -110,12 +110,18 @@ def replace_top_level_string(body: bytes, key: str, value: str) -> bytes:
 
     Raises DuplicateMember when the key is there more than once, InvalidJson when not at all.
     """
+    # json.dumps escapes non-ASCII: the new value is the same bytes in UTF-8 and its own text.
+    return replace_top_level_json(body, key, json.dumps(value).encode())
+
+
+def replace_top_level_json(body: bytes, key: str, raw: bytes) -> bytes:
+    """replace_top_level_string for any value: `raw` is the new value's JSON text (UTF-8), spliced in as it
+    is (the caller's to make valid: a serializer's output). Same bounds, same errors."""
     head, utf8, spans, codec = _spans(body, key)
     if len(spans) != 1:
         raise (DuplicateMember if spans else InvalidJson)(f"{len(spans)} top-level {key!r} members")
     start, end = spans[0]
-    # json.dumps escapes non-ASCII: the new value is the same bytes in UTF-8 and its own text.
-    spliced = utf8[:start] + json.dumps(value).encode() + utf8[end:]
+    spliced = utf8[:start] + raw + utf8[end:]
     if codec == "utf-8":
         return head + spliced
     return head + spliced.decode("utf-8", "surrogatepass").encode(codec, "surrogatepass")
@@ -124,14 +130,22 @@ def replace_top_level_string(body: bytes, key: str, value: str) -> bytes:
 def insert_top_level_string(body: bytes, key: str, value: str) -> bytes:
     """The body (a JSON object without `key`) with `"key": value` added as its first member; every
     other byte as the client sent it."""
+    return insert_top_level_json(body, key, json.dumps(value).encode())
+
+
+def insert_top_level_json(body: bytes, key: str, raw: bytes) -> bytes:
+    """insert_top_level_string for any value: `raw` is its JSON text (UTF-8), added as it is."""
     bom, codec = _codec(body)
     text = body[len(bom) :]
-    utf8 = text if codec == "utf-8" else text.decode(codec, "surrogatepass").encode("utf-8", "surrogatepass")
+    try:
+        utf8 = text if codec == "utf-8" else text.decode(codec, "surrogatepass").encode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:  # the parsers accepted it: not expected
+        raise InvalidJson(str(exc)) from exc
     at = utf8.find(b"{") + 1  # only whitespace comes before an object's brace
-    if at == 0:
+    if at == 0 or utf8[: at - 1].strip(b" \t\r\n"):
         raise InvalidJson("not an object")
     empty = utf8[at:].lstrip(b" \t\r\n").startswith(b"}")
-    member = json.dumps(key).encode() + b":" + json.dumps(value).encode() + (b"" if empty else b",")
+    member = json.dumps(key).encode() + b":" + raw + (b"" if empty else b",")
     spliced = utf8[:at] + member + utf8[at:]
     return bom + (spliced if codec == "utf-8" else spliced.decode("utf-8", "surrogatepass").encode(codec, "surrogatepass"))
 
