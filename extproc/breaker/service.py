@@ -69,6 +69,7 @@ class BreakerService:
         self._board = board
         self._reopen: dict[int, asyncio.TimerHandle] = {}
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
+        self.trips = [0] * len(settings.circuits)  # trips (not extensions) of each member since this process started
         for circuit, (until, _since) in enumerate(board.trips()):  # a restarted breaker keeps the trips
             self.breaker.restore(circuit, until)
 
@@ -99,6 +100,7 @@ class BreakerService:
         previous, since = self._board.trip(trip.circuit)
         if previous <= now:  # a new trip; an extension keeps its start
             since = now
+            self.trips[trip.circuit] += 1
         self._board.publish(trip.circuit, trip.until, since)
         # Tries in flight when a member trips fail too and extend the trip a little each: one line
         # for the trip, and one for an extension only when it moves the deadline a second or more.
@@ -132,7 +134,8 @@ class BreakerService:
                 circuit = self._settings.circuit_of(member)
                 state = self.breaker.state(circuit, now)
                 row: dict[str, Any] = {"backend": member.backend, "deployment": member.deployment,
-                                       "priority": member.priority, "weight": member.weight, "state": state.value}
+                                       "priority": member.priority, "weight": member.weight, "state": state.value,
+                                       "trips": self.trips[circuit]}
                 if state is State.TRIPPED:
                     row["until"] = _iso(self.breaker.until(circuit))
                     row["seconds_left"] = round(self.breaker.until(circuit) - now, 3)

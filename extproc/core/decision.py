@@ -62,6 +62,7 @@ class Reply:
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()  # beside content-type (e.g. Retry-After)
+    client: str = ""  # the client key's name when it was known (Envoy's access logs, the usage process)
 
 
 class AwaitBody(NamedTuple):

@@ -17,6 +17,7 @@ completions request is sent asking for its token usage (`_stream_options_wanted`
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Callable
 from urllib.parse import unquote
 
@@ -138,7 +139,7 @@ class Translator:
         if client.spend_slot >= 0:
             window, wait = self._spend.wait(client.spend_slot)
             if wait > 0:
-                return errors.token_limit_reached(client.name, window, wait)
+                return replace(errors.token_limit_reached(client.name, window, wait), client=client.name)
         if client.models is None:
             return _named(self._decide(head), client.name)
         path, _, query = head.path.partition("?")
@@ -484,17 +485,15 @@ def _deployment_in(path: str) -> str:
 
 
 def _named(decision: HeadersDecision, client: str) -> HeadersDecision:
-    """The decision, its forward carrying the client key's name (for Envoy's per-key rate limit and log)."""
-    if isinstance(decision, Forward):
-        return decision._replace(client=client)
+    """The decision carrying the client key's name (for Envoy's per-key rate limit and its access logs)."""
     if isinstance(decision, AwaitBody):
         finish = decision.finish
         return AwaitBody(lambda body: _named_body(finish(body), client))
-    return decision
+    return _named_body(decision, client)
 
 
 def _named_body(decision: BodyDecision, client: str) -> BodyDecision:
-    return decision._replace(client=client) if isinstance(decision, Forward) else decision
+    return decision._replace(client=client) if isinstance(decision, Forward) else replace(decision, client=client)
 
 
 def _folded(name: str) -> str:

@@ -132,7 +132,7 @@ def _common_response(forward: Forward) -> pb.CommonResponse:
 
 
 def reply_response(reply: Reply) -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(
+    response = pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=HttpStatus(code=reply.status),  # type: ignore[arg-type]
             headers=pb.HeaderMutation(set_headers=[_JSON_CONTENT_TYPE, *(_header(k, v) for k, v in reply.headers)]),
@@ -140,6 +140,9 @@ def reply_response(reply: Reply) -> pb.ProcessingResponse:
             details=REPLY_DETAILS,
         )
     )
+    if reply.client:  # whose request was refused (a token limit, a model the key may not use)
+        response.dynamic_metadata.update({REQUEST_METADATA_NAMESPACE: {"client": reply.client}})
+    return response
 
 
 def headers_forward_response(forward: Forward, has_body: bool) -> pb.ProcessingResponse:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
 from ..config import Settings
 from .windows import KeyLimits, key_limits
@@ -22,6 +22,7 @@ TOKEN_TYPES = ("input", "output", "cached_input", "reasoning")
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 HOUR_MINUTES = 60
+disable_created_metrics()  # no *_created series: they would double what Prometheus stores for nothing it needs
 
 
 class Request(NamedTuple):
@@ -40,6 +41,7 @@ class Request(NamedTuple):
     total_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cut: bool = False  # the client went away before the answer's end (a cut stream: its usage never came)
 
     @property
     def tokens(self) -> int:
@@ -135,6 +137,11 @@ class Ledger:
                               buckets=DURATION_BUCKETS, registry=r)
         self.failovers = Counter("aoai_gateway_failovers", "Tries of a pool request beyond its first",
                                  ["gen_ai_request_model"], registry=r)
+        self.cut = Counter("aoai_gateway_incomplete_requests", "Requests the client went away from before the answer "
+                           "ended (a stream cut short: its tokens are not known)", ["gen_ai_request_model", "client"],
+                           registry=r)
+        # Each label combination's metric children, looked up once (prometheus-client's .labels() is the cost).
+        self._children: dict[tuple[str, ...], tuple[object, ...]] = {}
         self.history = History()
         self.limits: list[KeyLimits] = [key_limits(key.name, key.tokens_per_minute, key.tokens_per_day)
                                         for key in settings.token_limited_keys]
@@ -146,10 +153,18 @@ class Ledger:
         blocked-until) to publish."""
         model, deployment, backend, client = self.labels.of(request)
         status_class = f"{request.status // 100}xx" if request.status else "none"
-        self.requests.labels(model, deployment, backend, client, status_class).inc()
-        self.duration.labels(model, backend, status_class).observe(request.duration_s)
+        key = (model, deployment, backend, client, status_class)
+        children = self._children.get(key)
+        if children is None:  # bounded: every label is
+            children = self._children[key] = (self.requests.labels(*key), self.duration.labels(model, backend, status_class),
+                                              self.ttfb.labels(model, backend))
+        requests, duration, ttfb = children
+        requests.inc()  # type: ignore[attr-defined]
+        duration.observe(request.duration_s)  # type: ignore[attr-defined]
         if request.ttfb_s is not None:
-            self.ttfb.labels(model, backend).observe(request.ttfb_s)
+            ttfb.observe(request.ttfb_s)  # type: ignore[attr-defined]
+        if request.cut:
+            self.cut.labels(model, client).inc()
         if request.tries > 1:
             self.failovers.labels(model).inc(request.tries - 1)
         tokens = request.tokens

@@ -39,7 +39,7 @@ except PackageNotFoundError:  # run from a checkout that was not installed
 CIRCUIT_TAG = "circuit"  # the access log's custom tag: the answering pool member's circuit
 BREAKER_POLL_S = 2.0
 PAGE_FILES = {"/": ("index.html", "text/html"), "/status.js": ("status.js", "text/javascript"),
-              "/status.css": ("status.css", "text/css")}
+              "/status.css": ("status.css", "text/css"), "/favicon.ico": ("favicon.svg", "image/svg+xml")}
 
 
 def _seconds(duration: Any) -> float:
@@ -72,7 +72,8 @@ def request_of(entry: Any, circuits: tuple[tuple[str, str], ...]) -> Request:
     ttfb = _seconds(common.time_to_first_downstream_tx_byte) if common.HasField("time_to_first_downstream_tx_byte") else None
     return Request(entry.response.response_code.value, text("model"), deployment, backend, text("client"), duration,
                    ttfb, common.upstream_request_attempt_count, count("prompt_tokens"), count("completion_tokens"),
-                   count("total_tokens"), count("cached_tokens"), count("reasoning_tokens"))
+                   count("total_tokens"), count("cached_tokens"), count("reasoning_tokens"),
+                   common.response_flags.downstream_connection_termination)
 
 
 class UsageService:

@@ -80,6 +80,7 @@ class Gateway:
     log: Path
     process: subprocess.Popen[bytes]
     state_dir: Path
+    metrics_url: str = ""  # the usage process's /metrics and status page (metrics.port)
 
     def pool_health(self) -> dict[str, str]:
         """Envoy's view of each pool member: {"pool-N/host:port": health flags}."""
@@ -191,6 +192,7 @@ def start_gateway(directory: Path, azure_url: str | None, ca_file: Path | None, 
         log=log,
         process=process,
         state_dir=directory / "state",
+        metrics_url=f"http://127.0.0.1:{(parsed.get('metrics') or {}).get('port', 9464)}",
     )
 
 

@@ -63,3 +63,10 @@ def test_the_access_log_has_each_answers_token_usage(gateway: Gateway) -> None:
     logged = [(line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) for line in lines]
     assert logged == expected
     assert all(isinstance(count, int) and count > 0 for row in expected[:-1] for count in row if count is not None)
+    # What each request was for, and when its answer's first byte left.
+    assert [(line["model"], line["deployment"], line["backend"]) for line in lines] == [
+        ("gpt-4o", "prod-chat", "default"), ("gpt-4o", "prod-chat", "default"),
+        ("gpt-3.5-turbo-instruct", "prod-instruct", "default"), ("text-embedding-3-small", "prod-embed", "default"),
+        ("gpt-4o", "prod-chat", "default"), ("gpt-4o", "prod-chat", "default"), ("gpt-4o", "prod-chat", "default")]
+    assert all(isinstance(line["ttfb_ms"], int) and 0 <= line["ttfb_ms"] <= line["duration_ms"] for line in lines)
+    assert all("client" not in line for line in lines)  # no client keys here: no such field

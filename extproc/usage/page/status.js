@@ -92,7 +92,8 @@ function render(status) {
     `${status.totals.requests.toLocaleString()} requests, ${status.totals.tokens.toLocaleString()} tokens since start`;
   fill("backends", status.backends.map(b => [b.name, b.endpoint || "(none)", b.type, b.auth]));
   const pools = Object.entries(status.pools);
-  document.getElementById("pools-section").hidden = pools.length === 0 && status.breaker_reachable;
+  const pooled = Object.values(status.models).some(target => target.startsWith("pool of"));
+  document.getElementById("pools-section").hidden = !pooled;
   const poolRows = [];
   for (const [model, members] of pools) {
     for (const m of members) {
@@ -100,7 +101,7 @@ function render(status) {
       poolRows.push([model, `${m.backend}/${m.deployment}`, m.priority, m.weight, [state, `state-${m.state}`], m.trips || 0]);
     }
   }
-  if (!status.breaker_reachable && Object.values(status.models).some(t => t.startsWith("pool of"))) {
+  if (pooled && !status.breaker_reachable) {
     poolRows.push(["", "the circuit breaker does not answer", "", "", ["unknown", "state-tripped"], ""]);
   }
   fill("pools", poolRows);
