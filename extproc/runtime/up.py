@@ -197,6 +197,9 @@ def _print_urls(settings: Settings) -> None:
     if settings.listen.https_port:
         lines.append(f"  OPENAI_BASE_URL=https://localhost:{settings.listen.https_port}/v1")
     lines.append(f"  Azure endpoint: {settings.azure.endpoint}")
+    if settings.metrics.enabled:
+        metrics_host = "127.0.0.1" if settings.metrics.address in ("0.0.0.0", "::") else settings.metrics.address
+        lines.append(f"  Status page: http://{metrics_host}:{settings.metrics.port}/  (Prometheus: /metrics)")
     lines.append(f"  Envoy admin (localhost only): http://127.0.0.1:{settings.envoy.admin_port}/")
     lines.append("Press Ctrl-C to stop.")
     print("\n".join(lines), flush=True)

@@ -99,6 +99,13 @@ class Gateway:
             assert time.monotonic() < deadline, self.pool_health()
             time.sleep(0.05)
 
+    def metrics(self) -> dict[str, float]:
+        """Every sample of the usage process's /metrics, by its name and labels as written."""
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
     def breaker_status(self) -> dict:
         from extproc.breaker.status import fetch_status
 

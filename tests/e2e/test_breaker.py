@@ -149,11 +149,22 @@ def test_a_member_answering_429_trips_after_three_and_gets_nothing_until_the_tri
         tripped = _tripped(setup, "duo", "a")
         assert 1.0 < tripped["seconds_left"] <= TRIP_S
         _envoy_sees(setup, "a", healthy=False)
+        # The usage process shows the trip (it asks the breaker every 2 s) and the failovers before it.
+        _wait(lambda: setup.gateway.metrics().get('aoai_gateway_circuit_open{member="a/chat-a"}') == 1.0,
+              "the metrics to show the trip", 5.0)
+        metrics = setup.gateway.metrics()
+        assert metrics['aoai_gateway_circuit_trips_total{member="a/chat-a"}'] >= 1
+        assert metrics['aoai_gateway_circuit_open{member="b/chat-b"}'] == 0.0
+        assert metrics['aoai_gateway_failovers_total{gen_ai_request_model="duo"}'] >= 3
+        served_by_b = ('aoai_gateway_requests_total{backend="b",client="none",deployment="chat-b",'
+                       'gen_ai_request_model="duo",status_class="2xx"}')  # the member that answered
         before_a, before_b = _count(setup, "a"), _count(setup, "b")
         for _ in range(20):
             assert _chat(client, "duo")
         assert _count(setup, "a") == before_a  # tripped: not even tried
         assert _count(setup, "b") == before_b + 20  # no failover needed: one try each
+        _wait(lambda: setup.gateway.metrics().get(served_by_b, 0.0) >= metrics.get(served_by_b, 0.0) + 20,
+              "the 20 requests to be counted for b")
         httpx.delete(setup.emulators["a"].url + "/_emulator/throttle")
         _wait(lambda: _member(setup, "duo", "a")["state"] != "tripped", "the trip to end", TRIP_S + 1)
         _envoy_sees(setup, "a", healthy=True)
