@@ -17,7 +17,7 @@ MESSAGES = [{"role": "user", "content": "Count my tokens, please"}]
 
 
 def _log_lines(gateway: Gateway) -> list[dict]:
-    return [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith('{"bytes_in"')]
+    return [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith('{') and '"bytes_in":' in line]
 
 
 def _mark(gateway: Gateway) -> int:
