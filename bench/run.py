@@ -186,10 +186,18 @@ class Bench:
 
     def streaming(self, target: Target) -> dict[str, Any]:
         a = self.args
+        envoy_pids = [target.envoy.pid] if target.envoy else []
+        envoy_before = cpu_seconds(envoy_pids)
         samples = load.stream_samples(target.url, a.streams, a.sse_chunks, a.sse_interval_ms)
+        envoy_cpu = cpu_seconds(envoy_pids) - envoy_before
         stats = load.stream_stats(samples, a.sse_interval_ms)
+        # Envoy's CPU over the streams (the warm-up's too) per chunk relayed: what reading each chunk costs
+        # (the gateway's usage Lua filter) shows as the difference from (a); each stream's request is in it too.
+        chunks = (a.streams * a.sse_chunks + 2) or 1
+        stats["envoy_cpu_us_per_chunk"] = round(envoy_cpu / chunks * 1e6, 2) if target.envoy else None
         self.log(f"  {target.label:>3} stream: first byte {stats['first_byte_p50_ms']:.3f} ms, gaps mean "
-                 f"{stats['gap_mean_ms']:.3f} p99 {stats['gap_p99_ms']:.3f} ms")
+                 f"{stats['gap_mean_ms']:.3f} p99 {stats['gap_p99_ms']:.3f} ms, Envoy CPU "
+                 f"{stats['envoy_cpu_us_per_chunk']} us/chunk")
         return {"setup": target.label, "extproc_workers": target.workers, **stats}
 
     def large_body(self, target: Target) -> dict[str, Any]:
@@ -394,10 +402,11 @@ def report(results: dict[str, Any]) -> str:
                     f"{p['streams']} streams each, one at a time on a keep-alive connection):"]
         rows = [[_setup_name(s["setup"], s["extproc_workers"]), _fmt(s["first_byte_p50_ms"], 3),
                  _fmt(s["first_event_p50_ms"], 3), _fmt(s["gap_mean_ms"], 3), _fmt(s["gap_p50_ms"], 3),
-                 _fmt(s["gap_p99_ms"], 3), _fmt(s["gap_max_ms"], 3), _fmt(s["gap_stdev_ms"], 3)]
+                 _fmt(s["gap_p99_ms"], 3), _fmt(s["gap_max_ms"], 3), _fmt(s["gap_stdev_ms"], 3),
+                 _fmt(s.get("envoy_cpu_us_per_chunk"), 2)]
                 for s in results["streaming"]]
         out.append(_table(["setup", "first byte p50 ms", "first event p50 ms", "gap mean ms", "gap p50 ms",
-                           "gap p99 ms", "gap max ms", "gap stdev ms"], rows))
+                           "gap p99 ms", "gap max ms", "gap stdev ms", "Envoy CPU us/chunk"], rows))
     if results.get("large_body"):
         base = next((r for r in results["large_body"] if r["setup"] == "a"), None)
         out += ["", f"Large chat body ({p['large_body_bytes']} B, {p['large_body_requests']} requests, one at a time):"]

@@ -69,7 +69,10 @@ class BreakerService:
         self._board = board
         self._reopen: dict[int, asyncio.TimerHandle] = {}
         self._seen: collections.OrderedDict[tuple[str, int], None] = collections.OrderedDict()
-        self.trips = [0] * len(settings.circuits)  # trips (not extensions) of each member since this process started
+        # Since this process started, for each member: trips (not extensions), and failed tries (every one Envoy
+        # logged, a second try of the same member in one request too).
+        self.trips = [0] * len(settings.circuits)
+        self.failures = [0] * len(settings.circuits)
         for circuit, (until, _since) in enumerate(board.trips()):  # a restarted breaker keeps the trips
             self.breaker.restore(circuit, until)
 
@@ -83,6 +86,7 @@ class BreakerService:
     # --- in: Envoy's access log -----------------------------------------------------------------
 
     def record(self, circuit: int, outcome: Outcome, now: float, request_id: str = "") -> None:
+        self.failures[circuit] += 1
         if request_id:
             # A member tried twice in one request (a name with several addresses, or Envoy's retry
             # picking it again) is one failure: the breaker counts requests, as APIM does.
@@ -135,7 +139,7 @@ class BreakerService:
                 state = self.breaker.state(circuit, now)
                 row: dict[str, Any] = {"backend": member.backend, "deployment": member.deployment,
                                        "priority": member.priority, "weight": member.weight, "state": state.value,
-                                       "trips": self.trips[circuit]}
+                                       "trips": self.trips[circuit], "failures": self.failures[circuit]}
                 if state is State.TRIPPED:
                     row["until"] = _iso(self.breaker.until(circuit))
                     row["seconds_left"] = round(self.breaker.until(circuit) - now, 3)

@@ -97,10 +97,14 @@ def _metadata(forward: Forward) -> Struct:
 
 
 def _text(value: str) -> str:
-    """A name as metadata may hold it (valid UTF-8, bounded): a client's model name may be anything."""
+    """A name as metadata may hold it (valid UTF-8, bounded, no control characters: the usage process reads the
+    access log's tab-separated fields): a client's model name may be anything."""
     if len(value) > MAX_METADATA_NAME:
         value = value[:MAX_METADATA_NAME]
-    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
+    if value.isascii() and value.isprintable():
+        return value
+    value = value.encode("utf-8", "replace").decode("utf-8")
+    return "".join(c if c.isprintable() else "?" for c in value)
 
 
 def _common_response(forward: Forward) -> pb.CommonResponse:

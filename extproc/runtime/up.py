@@ -133,6 +133,8 @@ def run_up(settings: Settings, config_path: str | None) -> int:
         stack.start("ext_proc", EXTPROC_ARGV, env)
         # Listening, not merely present: a socket file may be left over from a killed run.
         stack.wait_until(lambda: all(socket_in_use(p) for p in sockets), "the ext_proc sockets")
+        if settings.usage_process:  # its socket is bound last, once its metrics are served
+            stack.wait_until(lambda: socket_in_use(settings.usage_paths.access_log), "the usage process")
         if settings.entra_credentials:  # asked once, got or not (a failure is logged; requests then get 503s)
             stack.wait_until(settings.entra_ready_path.exists, "the first Entra ID tokens")
 

@@ -8,10 +8,15 @@ a request without one (a file upload has no model; a request without a client ke
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterator
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ..config import Settings
 from .windows import KeyLimits, key_limits
@@ -22,7 +27,6 @@ TOKEN_TYPES = ("input", "output", "cached_input", "reasoning")
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 HOUR_MINUTES = 60
-disable_created_metrics()  # no *_created series: they would double what Prometheus stores for nothing it needs
 
 
 class Request(NamedTuple):
@@ -115,33 +119,54 @@ class History:
         return {"minutes": [(first + i) * 60 for i in range(HOUR_MINUTES)], **out}
 
 
+class Hist:
+    """One histogram's buckets (not cumulative: the observation's bucket only) and sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def cumulative(self, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+        total, out = 0, []
+        for bound, count in zip((*(floatToGoString(b) for b in bounds), "+Inf"), self.counts):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+# (name without _total, help, labels) of each metric the ledger keeps.
+REQUESTS = ("aoai_gateway_requests", "Requests the gateway answered, by what they were for and the status class of "
+            "the answer", ("gen_ai_request_model", "deployment", "backend", "client", "status_class"))
+TOKENS = ("aoai_gateway_tokens", "Tokens Azure reported, by type (cached_input is part of input, reasoning part of "
+          "output)", ("gen_ai_request_model", "client", "type"))
+TOKEN_USAGE = ("gen_ai_client_token_usage", "Tokens per request as Azure reported them (OpenTelemetry GenAI "
+               "gen_ai.client.token.usage)", ("gen_ai_request_model", "gen_ai_token_type", "client"))
+DURATION = ("gen_ai_server_request_duration_seconds", "From the request's first byte to the answer's last, as Envoy "
+            "saw it", ("gen_ai_request_model", "backend", "status_class"))
+TTFB = ("aoai_gateway_time_to_first_byte_seconds", "From the request's first byte to the answer's first (a stream's "
+        "first chunk)", ("gen_ai_request_model", "backend"))
+FAILOVERS = ("aoai_gateway_failovers", "Tries of a pool request beyond its first", ("gen_ai_request_model",))
+CUT = ("aoai_gateway_incomplete_requests", "Requests the client went away from before the answer ended (a stream "
+       "cut short: its tokens are not known)", ("gen_ai_request_model", "client"))
+
+
 class Ledger:
+    """Counts in plain dicts (a request costs a few dict updates: the usage process hears of every request), turned
+    into Prometheus metric families only when scraped (`collect`)."""
+
     def __init__(self, settings: Settings) -> None:
         self.labels = Labels(settings)
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter("aoai_gateway_requests", "Requests the gateway answered, by what they were for and the "
-                                "status class of the answer", ["gen_ai_request_model", "deployment", "backend", "client",
-                                                              "status_class"], registry=r)
-        self.token_usage = Histogram("gen_ai_client_token_usage", "Tokens per request as Azure reported them "
-                                     "(OpenTelemetry GenAI gen_ai.client.token.usage)",
-                                     ["gen_ai_request_model", "gen_ai_token_type", "client"], buckets=TOKEN_BUCKETS,
-                                     registry=r)
-        self.tokens = Counter("aoai_gateway_tokens", "Tokens Azure reported, by type (cached_input is part of input, "
-                              "reasoning part of output)", ["gen_ai_request_model", "client", "type"], registry=r)
-        self.duration = Histogram("gen_ai_server_request_duration_seconds", "From the request's first byte to the "
-                                  "answer's last, as Envoy saw it", ["gen_ai_request_model", "backend", "status_class"],
-                                  buckets=DURATION_BUCKETS, registry=r)
-        self.ttfb = Histogram("aoai_gateway_time_to_first_byte_seconds", "From the request's first byte to the "
-                              "answer's first (a stream's first chunk)", ["gen_ai_request_model", "backend"],
-                              buckets=DURATION_BUCKETS, registry=r)
-        self.failovers = Counter("aoai_gateway_failovers", "Tries of a pool request beyond its first",
-                                 ["gen_ai_request_model"], registry=r)
-        self.cut = Counter("aoai_gateway_incomplete_requests", "Requests the client went away from before the answer "
-                           "ended (a stream cut short: its tokens are not known)", ["gen_ai_request_model", "client"],
-                           registry=r)
-        # Each label combination's metric children, looked up once (prometheus-client's .labels() is the cost).
-        self._children: dict[tuple[str, ...], tuple[object, ...]] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests: dict[tuple[str, ...], int] = {}
+        self.tokens: dict[tuple[str, ...], int] = {}
+        self.token_usage: dict[tuple[str, ...], Hist] = {}
+        self.duration: dict[tuple[str, ...], Hist] = {}
+        self.ttfb: dict[tuple[str, ...], Hist] = {}
+        self.failovers: dict[tuple[str, ...], int] = {}
+        self.cut: dict[tuple[str, ...], int] = {}
+        self.registry.register(_LedgerCollector(self))
         self.history = History()
         self.limits: list[KeyLimits] = [key_limits(key.name, key.tokens_per_minute, key.tokens_per_day)
                                         for key in settings.token_limited_keys]
@@ -152,33 +177,63 @@ class Ledger:
         """Count one request; for a token-limited key whose answer reported tokens: (its slot, each window's
         blocked-until) to publish."""
         model, deployment, backend, client = self.labels.of(request)
-        status_class = f"{request.status // 100}xx" if request.status else "none"
+        status_class = _STATUS_CLASSES.get(request.status // 100, "none")
         key = (model, deployment, backend, client, status_class)
-        children = self._children.get(key)
-        if children is None:  # bounded: every label is
-            children = self._children[key] = (self.requests.labels(*key), self.duration.labels(model, backend, status_class),
-                                              self.ttfb.labels(model, backend))
-        requests, duration, ttfb = children
-        requests.inc()  # type: ignore[attr-defined]
-        duration.observe(request.duration_s)  # type: ignore[attr-defined]
+        self.requests[key] = self.requests.get(key, 0) + 1
+        _observe(self.duration, (model, backend, status_class), request.duration_s, DURATION_BUCKETS)
         if request.ttfb_s is not None:
-            ttfb.observe(request.ttfb_s)  # type: ignore[attr-defined]
+            _observe(self.ttfb, (model, backend), request.ttfb_s, DURATION_BUCKETS)
         if request.cut:
-            self.cut.labels(model, client).inc()
+            self.cut[(model, client)] = self.cut.get((model, client), 0) + 1
         if request.tries > 1:
-            self.failovers.labels(model).inc(request.tries - 1)
+            self.failovers[(model,)] = self.failovers.get((model,), 0) + request.tries - 1
         tokens = request.tokens
-        for kind, value in zip(TOKEN_TYPES, (request.input_tokens, request.output_tokens, request.cached_tokens,
-                                             request.reasoning_tokens)):
-            if value:
-                self.tokens.labels(model, client, kind).inc(value)
-        for kind, value in (("input", request.input_tokens), ("output", request.output_tokens)):
-            if value is not None:
-                self.token_usage.labels(model, kind, client).observe(value)
-        self.totals["requests"] += 1
-        self.totals["tokens"] += tokens
+        if request.input_tokens is not None or request.output_tokens is not None or tokens:
+            for kind, value in zip(TOKEN_TYPES, (request.input_tokens, request.output_tokens, request.cached_tokens,
+                                                 request.reasoning_tokens)):
+                if value:
+                    self.tokens[(model, client, kind)] = self.tokens.get((model, client, kind), 0) + value
+            if request.input_tokens is not None:
+                _observe(self.token_usage, (model, "input", client), request.input_tokens, TOKEN_BUCKETS)
+            if request.output_tokens is not None:
+                _observe(self.token_usage, (model, "output", client), request.output_tokens, TOKEN_BUCKETS)
+        totals = self.totals
+        totals["requests"] += 1
+        totals["tokens"] += tokens
         self.history.add(now, model, client, tokens)
         slot = self._limit_slot.get(request.client)
         if slot is None or not tokens:
             return None
         return slot, self.limits[slot].add(tokens, now)
+
+
+_STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+
+
+def _observe(table: dict[tuple[str, ...], Hist], key: tuple[str, ...], value: float, bounds: tuple[float, ...]) -> None:
+    hist = table.get(key)
+    if hist is None:
+        hist = table[key] = Hist(bounds)
+    hist.counts[bisect_left(bounds, value)] += 1  # the first bound >= value: Prometheus' `le`
+    hist.sum += value
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        ledger = self._ledger
+        for (name, documentation, labels), table in ((REQUESTS, ledger.requests), (TOKENS, ledger.tokens),
+                                                     (FAILOVERS, ledger.failovers), (CUT, ledger.cut)):
+            family = CounterMetricFamily(name, documentation, labels=labels)
+            for key, value in list(table.items()):
+                family.add_metric(key, value)
+            yield family
+        for (name, documentation, labels), table, bounds in ((TOKEN_USAGE, ledger.token_usage, TOKEN_BUCKETS),
+                                                              (DURATION, ledger.duration, DURATION_BUCKETS),
+                                                              (TTFB, ledger.ttfb, DURATION_BUCKETS)):
+            histogram = HistogramMetricFamily(name, documentation, labels=labels)
+            for key, hist in list(table.items()):
+                histogram.add_metric(key, hist.cumulative(bounds), hist.sum)
+            yield histogram

@@ -9,6 +9,7 @@ which every ext_proc worker reads before it lets that key's request through.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -36,44 +37,46 @@ try:
     __version__ = version("aoai-gateway")
 except PackageNotFoundError:  # run from a checkout that was not installed
     __version__ = "unknown"
-CIRCUIT_TAG = "circuit"  # the access log's custom tag: the answering pool member's circuit
 BREAKER_POLL_S = 2.0
+SPEND_SAVE_S = 10.0  # how often the token spend is written to <state_dir>/spend.json (and at stop)
 PAGE_FILES = {"/": ("index.html", "text/html"), "/status.js": ("status.js", "text/javascript"),
               "/status.css": ("status.css", "text/css"), "/favicon.ico": ("favicon.svg", "image/svg+xml")}
 
 
-def _seconds(duration: Any) -> float:
-    return float(duration.seconds) + duration.nanos / 1e9
+# The fields of the access log's custom tag `u` (envoy/envoy.yaml), tab-separated, in this order; the model last
+# (it may hold anything the client wrote, tabs included).
+USAGE_TAG = "u"
+USAGE_FIELDS = ("status", "duration_ms", "last_byte_us", "first_byte_us", "tries", "flags", "prompt_tokens",
+                "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "circuit", "client",
+                "backend", "deployment", "model")
+
+
+def _count(text: str) -> int | None:
+    """A token count as the formatter wrote it ("412", maybe "412.0"); None for none."""
+    if not text or text == "-":
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def _number(text: str) -> int:
+    return int(text) if text.isdigit() else 0
 
 
 def request_of(entry: Any, circuits: tuple[tuple[str, str], ...]) -> Request:
     """An access log entry (HTTPAccessLogEntry) as the ledger counts it."""
-    common = entry.common_properties
-    metadata = common.metadata.filter_metadata
-    about = metadata["aoai.request"].fields if "aoai.request" in metadata else {}
-    usage = metadata["aoai.usage"].fields if "aoai.usage" in metadata else {}
-
-    def text(name: str) -> str:
-        value = about.get(name)
-        return value.string_value if value is not None else ""
-
-    def count(name: str) -> int | None:
-        value = usage.get(name)
-        return int(value.number_value) if value is not None else None
-
-    backend, deployment = text("backend"), text("deployment")
-    tag = common.custom_tags.get(CIRCUIT_TAG, "")
-    if not deployment and tag.isascii() and tag.isdigit() and int(tag) < len(circuits):
-        backend, deployment = circuits[int(tag)]  # a pool's: the member that answered
-    if common.HasField("time_to_last_downstream_tx_byte"):
-        duration = _seconds(common.time_to_last_downstream_tx_byte)
-    else:
-        duration = _seconds(common.duration)
-    ttfb = _seconds(common.time_to_first_downstream_tx_byte) if common.HasField("time_to_first_downstream_tx_byte") else None
-    return Request(entry.response.response_code.value, text("model"), deployment, backend, text("client"), duration,
-                   ttfb, common.upstream_request_attempt_count, count("prompt_tokens"), count("completion_tokens"),
-                   count("total_tokens"), count("cached_tokens"), count("reasoning_tokens"),
-                   common.response_flags.downstream_connection_termination)
+    (status, duration_ms, last_byte_us, first_byte_us, tries, flags, prompt, completion, total, cached, reasoning,
+     circuit, client, backend, deployment, model) = entry.common_properties.custom_tags[USAGE_TAG].split(
+        "\t", len(USAGE_FIELDS) - 1)
+    if not deployment and circuit.isdigit() and int(circuit) < len(circuits):
+        backend, deployment = circuits[int(circuit)]  # a pool's: the member that answered
+    duration = int(last_byte_us) / 1e6 if last_byte_us.isdigit() else _number(duration_ms) / 1e3
+    return Request(_number(status), model, deployment, backend, client, duration,
+                   int(first_byte_us) / 1e6 if first_byte_us.isdigit() else None, _number(tries),
+                   _count(prompt), _count(completion), _count(total), _count(cached), _count(reasoning),
+                   "DC" in flags)
 
 
 class UsageService:
@@ -85,11 +88,48 @@ class UsageService:
         self._spend = spend
         self._circuits = settings.circuits
         self.ledger.registry.register(_StateCollector(self))
-        if spend is not None:  # a restarted usage process: the blocks it published stand, their spend is forgotten
-            for slot in range(len(self.ledger.limits)):
-                if any(until > self.started for until in spend.blocked(slot)):
-                    log.warning("client key %s: its token limit's block stands until it ends; its spend before this "
-                                "restart is not known", self.ledger.limits[slot].name)
+        self._spend_file = settings.state_path / "spend.json"
+        if spend is not None:
+            self._restore_spend()
+
+    def _restore_spend(self) -> None:
+        """The keys' spend as the former usage process saved it (a restart of the process or the gateway does not
+        reset anyone's day), their blocks published again."""
+        try:
+            saved = json.loads(self._spend_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("cannot read the token spend saved in %s (%s): starting from none", self._spend_file, exc)
+            return
+        now = time.time()
+        for slot, limits in enumerate(self.ledger.limits):
+            entry = saved.get(limits.name) if isinstance(saved, dict) else None
+            if isinstance(entry, dict):
+                try:
+                    limits.restore(entry, now)
+                except (TypeError, ValueError):
+                    log.error("the saved token spend of %s is not readable: starting it from none", limits.name)
+                    continue
+                if self._spend is not None:
+                    self._spend.publish(slot, limits.blocked_until(now))
+
+    def save_spend(self) -> None:
+        """Write the keys' spend (atomically: a reader never sees half of it)."""
+        now = time.time()
+        data = {limits.name: saved for limits in self.ledger.limits if (saved := limits.saved(now))}
+        temporary = self._spend_file.with_name(f".spend.json.{os.getpid()}")
+        try:
+            temporary.write_text(json.dumps(data))
+            os.replace(temporary, self._spend_file)
+        except OSError as exc:
+            log.error("cannot save the token spend to %s (%s)", self._spend_file, exc)
+            temporary.unlink(missing_ok=True)
+
+    async def keep_saving_spend(self) -> None:
+        while True:
+            await asyncio.sleep(SPEND_SAVE_S)
+            self.save_spend()
 
     def record(self, entry: Any, now: float) -> None:
         published = self.ledger.record(request_of(entry, self._circuits), now)
@@ -164,6 +204,9 @@ class _StateCollector(Collector):
                                       "out", labels=["member"])
             trips = CounterMetricFamily("aoai_gateway_circuit_trips", "Times the circuit breaker took a pool member "
                                         "out (since the breaker process started)", labels=["member"])
+            failures = CounterMetricFamily("aoai_gateway_member_failures", "Failed tries of a pool member (an error "
+                                           "status or no answer; each went on to the next member if one was left)",
+                                           labels=["member"])
             seen = set()
             for members in (service.breaker or {}).get("pools", {}).values():
                 for member in members:
@@ -172,8 +215,10 @@ class _StateCollector(Collector):
                         seen.add(name)
                         open_.add_metric([name], 1 if member["state"] == "tripped" else 0)
                         trips.add_metric([name], member.get("trips", 0))
+                        failures.add_metric([name], member.get("failures", 0))
             yield open_
             yield trips
+            yield failures
         if service.ledger.limits:
             remaining = GaugeMetricFamily("aoai_gateway_client_tokens_remaining", "Tokens a client key may still "
                                           "spend in its window before its requests are refused", labels=["client", "window"])
@@ -231,13 +276,8 @@ async def serve_usage(settings: Settings) -> None:
     paths = settings.usage_paths
     limited = len(settings.token_limited_keys)
     service = UsageService(settings, SpendWriter(paths.board, limited) if limited else None)
-    server = grpc.aio.server()
-    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLog(service), server)
-    server.add_insecure_port(f"unix:{paths.access_log}")
-    await server.start()
-    os.chmod(paths.access_log, 0o660)  # Envoy and the ext_proc share a group, not the world
     runner: web.AppRunner | None = None
-    tasks = []
+    tasks = [asyncio.create_task(service.keep_saving_spend())] if limited else []
     if settings.metrics.enabled:
         runner = web.AppRunner(_http_app(service), access_log=None)
         await runner.setup()
@@ -246,6 +286,12 @@ async def serve_usage(settings: Settings) -> None:
                  os.getpid())
         if settings.pools:
             tasks.append(asyncio.create_task(service.poll_breaker()))
+    # Last: `up` and the health check take this socket for the process being ready.
+    server = grpc.aio.server()
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLog(service), server)
+    server.add_insecure_port(f"unix:{paths.access_log}")
+    await server.start()
+    os.chmod(paths.access_log, 0o660)  # Envoy and the ext_proc share a group, not the world
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -253,7 +299,9 @@ async def serve_usage(settings: Settings) -> None:
     await stop.wait()
     for task in tasks:
         task.cancel()
-    await server.stop(grace=1)
+    await server.stop(grace=1)  # the last entries Envoy sent are counted before the spend is saved
+    if limited:
+        service.save_spend()
     if runner is not None:
         await runner.cleanup()
     paths.access_log.unlink(missing_ok=True)

@@ -76,6 +76,19 @@ class KeyLimits:
     def remaining(self, now: float) -> dict[str, int]:
         return {name: max(0, limit - int(window.spent_at(now))) for name, limit, window in self.windows}
 
+    def saved(self, now: float) -> dict[str, list[list[float]]]:
+        """The windows' buckets still in them, to be taken back by `restore` after a restart."""
+        return {name: [list(bucket) for bucket in window.buckets] for name, _limit, window in self.windows
+                if window.spent_at(now)}
+
+    def restore(self, saved: dict[str, list[list[float]]], now: float) -> None:
+        """Buckets a former process saved (those older than their window are left out)."""
+        for name, _limit, window in self.windows:
+            for number, tokens in saved.get(name, []):
+                if window._leaves_at(number) > now and tokens > 0:
+                    window.buckets.append([number, tokens])
+                    window.spent += tokens
+
 
 MINUTE = ("minute", 60.0, 1.0)
 DAY = ("day", 86_400.0, 60.0)

@@ -156,6 +156,7 @@ def test_a_member_answering_429_trips_after_three_and_gets_nothing_until_the_tri
         assert metrics['aoai_gateway_circuit_trips_total{member="a/chat-a"}'] >= 1
         assert metrics['aoai_gateway_circuit_open{member="b/chat-b"}'] == 0.0
         assert metrics['aoai_gateway_failovers_total{gen_ai_request_model="duo"}'] >= 3
+        assert metrics['aoai_gateway_member_failures_total{member="a/chat-a"}'] >= 3
         served_by_b = ('aoai_gateway_requests_total{backend="b",client="none",deployment="chat-b",'
                        'gen_ai_request_model="duo",status_class="2xx"}')  # the member that answered
         before_a, before_b = _count(setup, "a"), _count(setup, "b")

@@ -19,7 +19,7 @@ from extproc.core.decision import Forward, Reply, RequestHead
 from extproc.core.translator import Translator
 from extproc.usage import board
 from extproc.usage.ledger import Ledger, Request
-from extproc.usage.service import request_of
+from extproc.usage.service import USAGE_FIELDS, request_of
 from extproc.usage.windows import SlidingWindow, key_limits
 
 KEY = "sk-team-a"
@@ -177,19 +177,20 @@ def test_the_ledger_publishes_a_limited_keys_spend(tmp_path: Path) -> None:
 
 def test_an_access_log_entry_as_the_ledger_reads_it() -> None:
     entry = accesslog_pb2.HTTPAccessLogEntry()
-    entry.response.response_code.value = 200
-    common = entry.common_properties
-    common.metadata.filter_metadata["aoai.request"].update({"model": "gpt-4o", "client": "team-a"})
-    common.metadata.filter_metadata["aoai.usage"].update({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18})
-    common.custom_tags["circuit"] = "1"
-    common.time_to_first_downstream_tx_byte.FromMilliseconds(120)
-    common.time_to_last_downstream_tx_byte.FromMilliseconds(900)
-    common.upstream_request_attempt_count = 2
+    # As Envoy's formatter writes the custom tag (envoy/envoy.yaml): a pool's request (no deployment of its own,
+    # the answering member's circuit), a model with a tab in it (the client's to choose) last.
+    fields = {"status": "200", "duration_ms": "900", "last_byte_us": "900500", "first_byte_us": "120000", "tries": "2",
+              "flags": "-", "prompt_tokens": "11", "completion_tokens": "7", "total_tokens": "18", "cached_tokens": "",
+              "reasoning_tokens": "", "circuit": "1", "client": "team-a", "backend": "", "deployment": "",
+              "model": "gpt-4o\tx"}
+    assert tuple(fields) == USAGE_FIELDS
+    entry.common_properties.custom_tags["u"] = "\t".join(fields.values())
     request = request_of(entry, (("east", "chat-east"), ("west", "chat-west")))
-    assert request == Request(200, "gpt-4o", "chat-west", "west", "team-a", 0.9, 0.12, 2, 11, 7, 18, None, None, False)
-    bare = accesslog_pb2.HTTPAccessLogEntry()  # refused before any decision: no metadata, no answer byte timing
-    bare.common_properties.duration.FromMilliseconds(3)
-    bare.common_properties.response_flags.downstream_connection_termination = True
+    assert request == Request(200, "gpt-4o\tx", "chat-west", "west", "team-a", 0.9005, 0.12, 2, 11, 7, 18, None, None,
+                              False)
+    # Refused before any decision and cut: no metadata, no answer byte sent (Envoy's empty fields).
+    bare = accesslog_pb2.HTTPAccessLogEntry()
+    bare.common_properties.custom_tags["u"] = "0\t3\t\t\t0\tDC" + "\t" * 10
     assert request_of(bare, ()) == Request(0, duration_s=0.003, ttfb_s=None, cut=True)
 
 
@@ -203,3 +204,31 @@ def test_forward_metadata_names_what_the_request_is_for(tmp_path: Path) -> None:
     assert metadata == {"aoai.request": {"model": "gpt-4o", "deployment": "chat", "backend": "default", "client": "team-a"}}
     odd = body_forward_response(Forward("/p", (), "azure", model="\ud800" + "m" * 300))
     assert MessageToDict(odd.dynamic_metadata)["aoai.request"]["model"] == "?" + "m" * 255
+    tabbed = body_forward_response(Forward("/p", (), "azure", model="a\tb\nc"))  # the usage process splits on tabs
+    assert MessageToDict(tabbed.dynamic_metadata)["aoai.request"]["model"] == "a?b?c"
+
+
+def test_the_spend_is_saved_and_taken_back_by_the_next_usage_process(tmp_path: Path) -> None:
+    from extproc.usage.service import UsageService
+
+    config = settings(tmp_path)
+    config.state_path.mkdir(parents=True)
+    keys = len(config.token_limited_keys)
+    board.create(config.usage_paths.board, keys)
+    first = UsageService(config, board.SpendWriter(config.usage_paths.board, keys))
+    now = time.time()
+    first.ledger.record(Request(200, "gpt-4o", client="team-c", total_tokens=70), now)  # team-c: 50 a day
+    first.ledger.record(Request(200, "gpt-4o", client="team-a", total_tokens=30), now)
+    first.save_spend()
+    # The gateway restarts: the supervisor zeroes the board; the new process reads the spend back.
+    board.create(config.usage_paths.board, keys)
+    reader = board.SpendReader(config.usage_paths.board, keys)
+    assert reader.wait(1) == ("", 0.0)
+    second = UsageService(config, board.SpendWriter(config.usage_paths.board, keys))
+    window, wait = reader.wait(1)
+    assert window == "day" and 86_000 < wait <= 86_460
+    assert second.ledger.limits[0].remaining(time.time()) == {"minute": 70, "day": 970}
+    # Unreadable: starts from none, says so.
+    (config.state_path / "spend.json").write_text("{not json")
+    third = UsageService(config, board.SpendWriter(config.usage_paths.board, keys))
+    assert third.ledger.limits[0].remaining(time.time())["day"] == 1000

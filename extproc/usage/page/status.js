@@ -98,11 +98,11 @@ function render(status) {
   for (const [model, members] of pools) {
     for (const m of members) {
       const state = m.state === "tripped" ? `tripped, ${Math.ceil(m.seconds_left)} s left` : m.state;
-      poolRows.push([model, `${m.backend}/${m.deployment}`, m.priority, m.weight, [state, `state-${m.state}`], m.trips || 0]);
+      poolRows.push([model, `${m.backend}/${m.deployment}`, m.priority, m.weight, [state, `state-${m.state}`], m.trips || 0, m.failures || 0]);
     }
   }
   if (pooled && !status.breaker_reachable) {
-    poolRows.push(["", "the circuit breaker does not answer", "", "", ["unknown", "state-tripped"], ""]);
+    poolRows.push(["", "the circuit breaker does not answer", "", "", ["unknown", "state-tripped"], "", ""]);
   }
   fill("pools", poolRows);
   const history = status.history;
