@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from extproc import envoy_config
+from extproc.envoy_config.rendering import USAGE_LOG_CLUSTER
 from extproc.config import DEFAULT_API_VERSION, load_settings
 from extproc.runtime.processes import free_port, http_ok
 
@@ -135,12 +136,14 @@ def start_plain(processes: Processes, upstream_url: str, concurrency: int) -> Ta
     settings = load_settings(path, env={})
     config = envoy_config.render(settings, None)
     resources = config["static_resources"]
-    resources["clusters"] = [c for c in resources["clusters"] if c["name"] != "extproc"]
+    # Nor the usage process's access log: (a) runs no usage process to send it to.
+    resources["clusters"] = [c for c in resources["clusters"] if c["name"] not in ("extproc", USAGE_LOG_CLUSTER)]
     for listener in resources["listeners"]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
                 hcm = network_filter["typed_config"]
                 hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
+                hcm["access_log"] = [log for log in hcm.get("access_log", []) if USAGE_LOG_CLUSTER not in str(log)]
                 hcm["route_config"]["virtual_hosts"][0]["routes"] = [
                     {"match": {"prefix": "/v1/"}, "route": {"cluster": "azure", "timeout": "0s", "auto_host_rewrite": True}}
                 ]

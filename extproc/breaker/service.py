@@ -19,15 +19,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
 import grpc
 from aiohttp import web
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from ..config import Settings
+from ..rpc.access_log import add_access_log_sink
 from .board import BoardWriter
 from .circuits import Breaker, BreakerPolicy, Outcome, State, Trip
 
@@ -161,23 +160,12 @@ def _event(event: str, **fields: object) -> None:
     print(json.dumps({"time": _iso(time.time()), "event": event, **fields}), file=sys.stderr, flush=True)
 
 
-class AccessLog(als_pb2_grpc.AccessLogServiceServicer):
-    def __init__(self, service: BreakerService) -> None:
-        self._service = service
-
-    async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
-                               context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
-        async for message in request_iterator:
-            now = time.time()
-            for entry in message.http_logs.log_entry:
-                try:
-                    tag = entry.common_properties.custom_tags.get(CIRCUIT_TAG, "")
-                    outcome = outcome_of(entry)
-                    if _is_number(tag) and outcome is not None:
-                        self._service.record(int(tag), outcome, now, entry.request.request_id)
-                except Exception:  # one odd entry (an upstream's header) must not drop the batch
-                    log.exception("a failed try's log entry could not be counted")
-        return als_pb2.StreamAccessLogsResponse()
+def _record_try(service: BreakerService, entry: Any, now: float) -> None:
+    """One failed pool try from Envoy's access log, counted against the member's circuit."""
+    tag = entry.common_properties.custom_tags.get(CIRCUIT_TAG, "")
+    outcome = outcome_of(entry)
+    if _is_number(tag) and outcome is not None:
+        service.record(int(tag), outcome, now, entry.request.request_id)
 
 
 def _is_number(text: str) -> bool:
@@ -211,7 +199,8 @@ async def serve_breaker(settings: Settings) -> None:
     service = BreakerService(settings, BoardWriter(paths.trips, len(settings.circuits)))
     service.start()
     server = grpc.aio.server()
-    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLog(service), server)
+    add_access_log_sink(server, lambda entry, now: _record_try(service, entry, now),
+                        "a failed try's log entry (an upstream's header?)")
     server.add_insecure_port(f"unix:{paths.access_log}")
     await server.start()
     runner = web.AppRunner(_http_app(service), access_log=None)

@@ -15,21 +15,21 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from typing import Any
 
 import grpc
 from aiohttp import web
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..breaker.status import fetch_status
 from ..config import Settings
-from .board import WINDOWS, SpendWriter
+from ..rpc.access_log import add_access_log_sink
+from .board import SpendWriter
 from .ledger import Ledger, Request
 
 log = logging.getLogger(__name__)
@@ -229,22 +229,6 @@ class _StateCollector(Collector):
             yield remaining
 
 
-class AccessLog(als_pb2_grpc.AccessLogServiceServicer):
-    def __init__(self, service: UsageService) -> None:
-        self._service = service
-
-    async def StreamAccessLogs(self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
-                               context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
-        async for message in request_iterator:
-            now = time.time()
-            for entry in message.http_logs.log_entry:
-                try:
-                    self._service.record(entry, now)
-                except Exception:  # one odd entry must not drop the batch
-                    log.exception("a request's log entry could not be counted")
-        return als_pb2.StreamAccessLogsResponse()
-
-
 def _http_app(service: UsageService) -> web.Application:
     page = files(__package__) / "page"
     cached = {path: (page.joinpath(name).read_bytes(), kind) for path, (name, kind) in PAGE_FILES.items()}
@@ -288,7 +272,7 @@ async def serve_usage(settings: Settings) -> None:
             tasks.append(asyncio.create_task(service.poll_breaker()))
     # Last: `up` and the health check take this socket for the process being ready.
     server = grpc.aio.server()
-    als_pb2_grpc.add_AccessLogServiceServicer_to_server(AccessLog(service), server)
+    add_access_log_sink(server, service.record, "a request's log entry")
     server.add_insecure_port(f"unix:{paths.access_log}")
     await server.start()
     os.chmod(paths.access_log, 0o660)  # Envoy and the ext_proc share a group, not the world
