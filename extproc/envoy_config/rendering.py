@@ -463,9 +463,9 @@ def _pool_cluster(model: dict[str, Any], name: str, members: list[PoolMember], s
             tls["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"] = {"filename": str(backend.ca_file)}
             matches.append({"name": f"member-{i}", "match": {"member": str(i)}, "transport_socket": tls})
         circuit = settings.circuit_of(member)
-        # member and circuit: the pool's filters and the breaker; backend and deployment: the access logs.
-        metadata: dict[str, Any] = {"aoai": {"member": str(i), "circuit": str(circuit), "backend": member.backend,
-                                             "deployment": member.deployment}}
+        # member and circuit: the pool's filters, the breaker and the usage process; name: the access log.
+        metadata: dict[str, Any] = {"aoai": {"member": str(i), "circuit": str(circuit),
+                                             "name": f"{member.backend}/{member.deployment}"}}
         if socket_match:
             metadata["envoy.transport_socket_match"] = socket_match
         by_level.setdefault(levels[member.priority], []).append({

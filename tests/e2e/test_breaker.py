@@ -5,6 +5,8 @@ journals, i.e. what reached "Azure"."""
 
 from __future__ import annotations
 
+import json
+
 import socket
 import threading
 import time
@@ -125,6 +127,11 @@ def _wait(check: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def _log_lines(gateway: Gateway) -> list[dict]:
+    return [json.loads(line) for line in gateway.log.read_text().splitlines()
+            if line.startswith("{") and '"bytes_in":' in line]
+
+
 def _tripped(setup: Setup, model: str, backend: str) -> dict:
     """The member's state once the breaker has it tripped (Envoy logs a try after the client's answer)."""
     _wait(lambda: _member(setup, model, backend)["state"] == "tripped", f"{backend} to trip")
@@ -166,6 +173,9 @@ def test_a_member_answering_429_trips_after_three_and_gets_nothing_until_the_tri
         assert _count(setup, "b") == before_b + 20  # no failover needed: one try each
         _wait(lambda: setup.gateway.metrics().get(served_by_b, 0.0) >= metrics.get(served_by_b, 0.0) + 20,
               "the 20 requests to be counted for b")
+        # Envoy's access log names the member that answered a pool's request.
+        _wait(lambda: any(line.get("member") == "b/chat-b" and line["model"] == "duo" and line["deployment"] is None
+                          for line in _log_lines(setup.gateway)), "a log line naming the member")
         httpx.delete(setup.emulators["a"].url + "/_emulator/throttle")
         _wait(lambda: _member(setup, "duo", "a")["state"] != "tripped", "the trip to end", TRIP_S + 1)
         _envoy_sees(setup, "a", healthy=True)

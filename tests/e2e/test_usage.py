@@ -70,3 +70,4 @@ def test_the_access_log_has_each_answers_token_usage(gateway: Gateway) -> None:
         ("gpt-4o", "prod-chat", "default"), ("gpt-4o", "prod-chat", "default"), ("gpt-4o", "prod-chat", "default")]
     assert all(isinstance(line["ttfb_ms"], int) and 0 <= line["ttfb_ms"] <= line["duration_ms"] for line in lines)
     assert all("client" not in line for line in lines)  # no client keys here: no such field
+    assert all(line["member"] is None for line in lines)  # no pool

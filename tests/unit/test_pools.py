@@ -148,8 +148,7 @@ def test_rendered_pools_are_valid_envoy_with_members_as_endpoints(tmp_path: Path
     east, north = levels[0]["lb_endpoints"]
     assert east["endpoint"]["hostname"] == "east.openai.azure.com" and east["load_balancing_weight"] == 3
     # The cluster's own TLS socket; its circuit, whose health the breaker answers on its Unix socket.
-    assert east["metadata"]["filter_metadata"] == {"aoai": {"member": "0", "circuit": "0", "backend": "east",
-                                                            "deployment": "gpt-4o-east"}}
+    assert east["metadata"]["filter_metadata"] == {"aoai": {"member": "0", "circuit": "0", "name": "east/gpt-4o-east"}}
     assert east["endpoint"]["health_check_config"] == {
         "hostname": "circuit-0", "address": {"pipe": {"path": str(tmp_path / "state" / "run" / "breaker.sock")}}}
     [health_check] = clusters["pool-0"]["health_checks"]
