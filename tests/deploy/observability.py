@@ -50,6 +50,8 @@ METRICS: dict[str, Metric] = {
     "aoai_gateway_failovers_total": Metric("counter", frozenset({MODEL})),
     "aoai_gateway_circuit_open": Metric("gauge", frozenset({"member"})),
     "aoai_gateway_circuit_trips_total": Metric("counter", frozenset({"member"})),
+    "aoai_gateway_member_failures_total": Metric("counter", frozenset({"member"})),
+    "aoai_gateway_incomplete_requests_total": Metric("counter", frozenset({MODEL, CLIENT})),
     "aoai_gateway_extproc_workers_up": Metric("gauge", frozenset()),
     "aoai_gateway_extproc_workers": Metric("gauge", frozenset()),
     "aoai_gateway_client_tokens_remaining": Metric("gauge", frozenset({CLIENT, "window"})),

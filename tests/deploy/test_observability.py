@@ -256,3 +256,44 @@ def test_published_observability_ports_match_the_containers() -> None:
     grafana = services["grafana"]
     assert [p.rpartition(":")[2] for p in grafana["ports"]] == ["3000"], "Grafana's own port inside"
     assert OBSERVABILITY_PROFILE in grafana["profiles"]
+
+
+def test_the_contract_is_what_the_gateway_serves(tmp_path: Path) -> None:
+    """The metrics contract above against the usage process's own /metrics, with every metric present (pools,
+    a token-limited key, a cut stream, a failover): a name or label that drifts on either side fails here."""
+    import hashlib
+
+    from prometheus_client import generate_latest
+
+    from extproc.config import load_settings
+    from extproc.usage.ledger import Request
+    from extproc.usage.service import UsageService
+
+    from .observability import METRICS, series
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"""
+azure: {{endpoint: https://main.openai.azure.com, api_key: k}}
+backends: {{east: {{endpoint: https://east.openai.azure.com, api_key: k2}}}}
+models: {{gpt-4o: [{{backend: default, deployment: chat}}, {{backend: east, deployment: chat-east}}]}}
+clients: {{keys: [{{name: team-a, key_sha256: {hashlib.sha256(b"a").hexdigest()}, tokens_per_minute: 100}}]}}
+state_dir: {tmp_path / "state"}
+listen: {{https_port: null}}
+""")
+    service = UsageService(load_settings(config, env={}), None)
+    service.breaker = {"pools": {"gpt-4o": [
+        {"backend": "default", "deployment": "chat", "state": "tripped", "trips": 1, "failures": 3},
+        {"backend": "east", "deployment": "chat-east", "state": "closed", "trips": 0, "failures": 0}]}}
+    service.ledger.record(Request(200, "gpt-4o", "chat-east", "east", "team-a", 1.0, 0.2, 2, 10, 5, 15, 2, 1), 1e9)
+    service.ledger.record(Request(200, "gpt-4o", "chat", "default", "team-a", 1.0, 0.2, 1, cut=True), 1e9)
+    served: dict[str, set[str]] = {}
+    for line in generate_latest(service.ledger.registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, labels = line.partition("{")
+            name = name.split(" ")[0]
+            served.setdefault(name, set()).update(re.findall(r'(\w+)="', labels))
+    expected = series()
+    assert set(served) == set(expected)
+    for name, labels in served.items():
+        assert labels == set(expected[name][1]), name
+    assert set(METRICS) == {expected[name][0] for name in served}

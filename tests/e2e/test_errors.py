@@ -20,6 +20,7 @@ from openai import APIStatusError, OpenAI
 
 from extproc import envoy_config
 from extproc.config import load_settings
+from extproc.runtime.sockets import socket_in_use
 
 from .conftest import BODY_LIMIT, CLIENT_KEY, SERVER_KEY, EmulatorThread, Gateway, write_config
 
@@ -190,6 +191,8 @@ def test_extproc_stopped_means_503_and_nothing_forwarded(tmp_path: Path, azure: 
         assert httpx.post(base_url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
         stack.extproc.kill()
         stack.extproc.wait()
+        # Its workers (children of its fork server, beside the usage process) follow it within moments.
+        wait_for(lambda: not any(socket_in_use(path) for path in stack.settings.socket_paths()), timeout=10)
         before = len(azure.requests())
         for path, method in (("/v1/chat/completions", "POST"), ("/v1/models", "GET"), ("/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21", "POST")):
             response = httpx.request(method, base_url + path, json=body if method == "POST" else None, headers=headers)
