@@ -30,29 +30,29 @@ class DevCertificates:
     server_key: Path
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(data)
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _name(common_name: str) -> x509.Name:
+def name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "aoai-gateway development"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 def _make_ca(now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("aoai-gateway local development CA")
+    subject = name("aoai-gateway local development CA")
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -82,7 +82,7 @@ def _make_server(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, 
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(name("localhost"))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -116,11 +116,11 @@ def ensure_dev_certificates(directory: Path, extra_names: tuple[str, ...] = ()) 
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     else:
         ca_key, ca_cert = _make_ca(now)
-        _write_private(ca_key_path, _pem_key(ca_key))
+        write_private(ca_key_path, pem_key(ca_key))
         paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         paths.server_cert.unlink(missing_ok=True)  # issued by the old CA
     if not (_still_valid(paths.server_cert, now) and paths.server_key.is_file()):
         key, cert = _make_server(ca_key, ca_cert, now, extra_names)
-        _write_private(paths.server_key, _pem_key(key))
+        write_private(paths.server_key, pem_key(key))
         paths.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return paths
