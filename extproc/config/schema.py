@@ -215,6 +215,8 @@ class BackendSettings(_Strict):
 
 
 BACKEND_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+# A DNS name in lower case with at least two labels, the last not all digits (no IP literal, no trailing dot).
+FORWARD_PROXY_HOST = r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:[a-z0-9-]*[a-z-][a-z0-9-]*)$"
 
 
 class PoolMember(_Strict):
@@ -392,6 +394,24 @@ class UsageSettings(_Strict):
     include_stream_usage: bool = False
 
 
+class ForwardProxySettings(_Strict):
+    """Forward-proxy mode (HTTPS_PROXY): a CONNECT to one of `hosts` on port 443 is terminated by Envoy, TLS inside
+    it with a certificate from the gateway's forward-proxy CA (made in <state_dir>/forward-proxy unless
+    ca_cert_file/ca_key_file name the operator's), and the requests go through the same processing as direct
+    ones. A CONNECT to anything else gets 403 and is never tunnelled."""
+
+    enabled: bool = False
+    hosts: Annotated[list[Annotated[str, Field(pattern=FORWARD_PROXY_HOST)]], Field(min_length=1)] = ["api.openai.com"]
+    ca_cert_file: Path | None = None
+    ca_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _ca_together(self) -> ForwardProxySettings:
+        if (self.ca_cert_file is None) != (self.ca_key_file is None):
+            raise ValueError("ca_cert_file and ca_key_file must be given together")
+        return self
+
+
 class ListenSettings(_Strict):
     # This machine only by default: anyone who reaches the listener spends the Azure key, and the
     # gateway has no client authentication yet. Containers and shared gateways set 0.0.0.0 explicitly.
@@ -446,6 +466,7 @@ class Settings(_Strict):
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     clients: ClientSettings = ClientSettings()
     cors: CorsSettings = CorsSettings()
+    forward_proxy: ForwardProxySettings = ForwardProxySettings()
     # The model a request that names none is served by (the FastAPI proxy's README example); without
     # it such a request gets OpenAI's 400 "you must provide a model parameter".
     default_model: str | None = None
@@ -631,6 +652,11 @@ class Settings(_Strict):
         """Made by the token process once it has asked for every token once (got it or not): `up` and the health
         check wait for it, so that the first requests do not find the gateway without a token."""
         return self.socket_dir / "entra.ready"
+
+    @property
+    def forward_proxy_dir(self) -> Path:
+        """The forward proxy's CA (unless the operator's), its certificate and the clients' bundle."""
+        return self.state_path / "forward-proxy"
 
     @property
     def token_limited_keys(self) -> tuple[ClientKeySettings, ...]:

@@ -104,6 +104,8 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         ) from exc
     config["admin"]["address"]["socket_address"]["port_value"] = settings.envoy.admin_port
     resources = config["static_resources"]
+    # Forward-proxy mode's pieces are set aside (or removed) first, and put in place after every other edit.
+    forward_proxy = _forward_proxy_pieces(settings, config)
 
     listeners: list[dict[str, Any]] = []
     for name, port in (("http", settings.listen.http_port), ("https", settings.listen.https_port)):
@@ -128,6 +130,8 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
                 _streamed_routes_from_catalogue(vhost["routes"], streamed)
                 body_idle = _seconds(settings.limits.body_idle_timeout_seconds)
                 for route in vhost["routes"]:
+                    if "route" not in route:  # a direct response (forward-proxy mode's refused CONNECT)
+                        continue
                     # Undecided (the body is still arriving): a body that stops gets a 408 soon;
                     # decided (waiting on or streaming from Azure): the long idle timeout.
                     route["route"]["idle_timeout"] = body_idle if _undecided(route) else idle
@@ -181,7 +185,78 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     _byok(settings, resources, listeners)
     if not settings.entra_credentials:
         _without_upstream_authorization(listeners)
+    if forward_proxy is not None:
+        _forward_proxy(settings, resources, listeners, *forward_proxy)
     return config
+
+
+FORWARD_PROXY_VHOST, FORWARD_PROXY_LISTENER, FORWARD_PROXY_CLUSTER = "forward_proxy", "forward_proxy_inner", "forward_proxy_tunnel"
+
+
+def _forward_proxy_pieces(settings: Settings, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Without forward_proxy.enabled, every piece of the mode removed from the template (CONNECT is then no upgrade:
+    the ext_proc answers it, as any other method it does not serve); with it, the virtual host and the internal
+    listener taken out, to be put back by `_forward_proxy` once the connection manager is final."""
+    resources = config["static_resources"]
+    inner = _named(resources["listeners"], FORWARD_PROXY_LISTENER, "listener")
+    resources["listeners"].remove(inner)
+    vhost = None
+    for listener in resources["listeners"]:
+        for hcm in _connection_managers(listener):
+            vhosts = hcm["route_config"]["virtual_hosts"]
+            found = [v for v in vhosts if v["name"] == FORWARD_PROXY_VHOST]
+            if found:
+                vhost = found[0]
+                vhosts.remove(vhost)
+            if not settings.forward_proxy.enabled:
+                hcm.pop("upgrade_configs", None)
+                hcm.pop("access_log_options", None)
+                mappers = hcm.get("local_reply_config", {}).get("mappers", [])
+                mappers[:] = [m for m in mappers if "forward_proxy_refused" not in str(m)]
+                for other in vhosts:
+                    other["routes"] = [r for r in other["routes"] if "connect_matcher" not in r["match"]]
+    if vhost is None:
+        raise ConfigError(f"the Envoy template has no virtual host named {FORWARD_PROXY_VHOST!r}")
+    if settings.forward_proxy.enabled:
+        return vhost, inner
+    resources["clusters"].remove(_named(resources["clusters"], FORWARD_PROXY_CLUSTER, "cluster"))
+    config["bootstrap_extensions"] = [e for e in config.get("bootstrap_extensions", [])
+                                      if e["name"] != "envoy.bootstrap.internal_listener"]
+    if not config["bootstrap_extensions"]:
+        del config["bootstrap_extensions"]
+    return None
+
+
+def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]],
+                   vhost: dict[str, Any], inner: dict[str, Any]) -> None:
+    """The intercepted hosts' CONNECT virtual host on the listeners, and the internal listener the tunnels end in:
+    TLS with the forward-proxy certificate for those names, then a copy of the listeners' connection manager
+    without the CONNECT upgrade (a CONNECT inside a tunnel is refused) and with the intercepted names among the
+    Hosts the browser guard lets through."""
+    hosts = settings.forward_proxy.hosts
+    vhost["domains"] = [f"{host}:443" for host in hosts]
+    hcm = None
+    for hcm in _distinct_connection_managers(listeners):
+        hcm["route_config"]["virtual_hosts"].insert(0, copy.deepcopy(vhost))
+    assert hcm is not None
+    inner_hcm = copy.deepcopy(hcm)
+    inner_hcm["stat_prefix"] = "forward_proxy"
+    inner_hcm.pop("upgrade_configs", None)
+    inner_hcm.pop("access_log_options", None)
+    inner_hcm["route_config"]["virtual_hosts"] = [v for v in inner_hcm["route_config"]["virtual_hosts"]
+                                                  if v["name"] != FORWARD_PROXY_VHOST]
+    for http_filter in inner_hcm["http_filters"]:
+        if http_filter["name"] == RBAC_FILTER and "foreign-host" in http_filter["typed_config"]["rules"]["policies"]:
+            allowed = http_filter["typed_config"]["rules"]["policies"]["foreign-host"]["permissions"][0]["not_rule"]
+            allowed["or_rules"]["rules"].extend({"header": {"name": ":authority", "string_match": {"safe_regex": {
+                "regex": "(?i)" + re.escape(host) + "(:443)?"}}}} for host in hosts)
+    chain = inner["filter_chains"][0]
+    chain["filter_chain_match"]["server_names"] = list(hosts)
+    certificate = chain["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0]
+    certificate["certificate_chain"] = {"filename": str(settings.forward_proxy_dir / "leaf.crt")}
+    certificate["private_key"] = {"filename": str(settings.forward_proxy_dir / "leaf.key")}
+    chain["filters"][0]["typed_config"] = inner_hcm
+    listeners.append(inner)
 
 
 def _without_upstream_authorization(listeners: list[dict[str, Any]]) -> None:

@@ -130,6 +130,8 @@ def run_up(settings: Settings, config_path: str | None) -> int:
         rendered = envoy_config.prepare(settings)
         if notice := envoy_config.dev_ca_notice(settings):
             print(notice, flush=True)
+        if notice := envoy_config.forward_proxy_notice(settings):
+            print(notice, flush=True)
         stack.start("ext_proc", EXTPROC_ARGV, env)
         # Listening, not merely present: a socket file may be left over from a killed run.
         stack.wait_until(lambda: all(socket_in_use(p) for p in sockets), "the ext_proc sockets")

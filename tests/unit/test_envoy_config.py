@@ -115,7 +115,7 @@ def test_a_template_whose_http2_window_exceeds_the_body_limit_is_refused(tmp_pat
 def test_the_template_itself_is_the_default_config() -> None:
     template = yaml.safe_load(envoy_config.REPO_TEMPLATE.read_text())
     listeners = {listener["name"] for listener in template["static_resources"]["listeners"]}
-    assert listeners == {"http", "https"}
+    assert listeners == {"http", "https", "forward_proxy_inner"}  # the last: forward-proxy mode's, kept only with it
     assert template["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
 
 

@@ -1,0 +1,137 @@
+"""Forward-proxy mode through the real Envoy: an app with api.openai.com left as its base URL and only HTTPS_PROXY and
+SSL_CERT_FILE set reaches the emulator's deployment with the server's key (never the app's); a CONNECT anywhere
+else is refused with 403 and reaches nothing; TLS inside the tunnel is the forward-proxy CA's, for the intercepted
+host only. No DNS: Envoy never resolves api.openai.com."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from .conftest import CLIENT_KEY, SERVER_KEY, EmulatorThread, Gateway, start_gateway, stop_gateway
+
+MESSAGES = [{"role": "user", "content": "through the tunnel"}]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("forward"), azure.url, upstream_pki.ca_cert,
+                       forward_proxy="{enabled: true}")
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
+    output = gw.log.read_text()
+    assert CLIENT_KEY not in output and SERVER_KEY not in output
+
+
+def bundle(gateway: Gateway) -> Path:
+    return gateway.state_dir / "forward-proxy" / "bundle.pem"
+
+
+@pytest.fixture
+def proxied(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> Gateway:
+    """The app's environment: only HTTPS_PROXY and SSL_CERT_FILE (with the gateway's bundle) set."""
+    for name in ("OPENAI_BASE_URL", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", gateway.http_url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle(gateway)))
+    return gateway
+
+
+def test_the_sdk_with_api_openai_com_reaches_the_deployment(proxied: Gateway, azure: EmulatorThread) -> None:
+    with openai.OpenAI(api_key=CLIENT_KEY, max_retries=0) as client:
+        assert str(client.base_url).startswith("https://api.openai.com/")
+        answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "Echo: through the tunnel"
+        seen = azure.last()
+        assert seen.path == "/openai/deployments/prod-chat/chat/completions"
+        assert seen.headers["api-key"] == SERVER_KEY and "authorization" not in seen.headers  # the app's key stays
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+        assert len(chunks) > 3
+
+    async def run() -> str:
+        async with openai.AsyncOpenAI(api_key=CLIENT_KEY, max_retries=0) as client:
+            embedding = await client.embeddings.create(model="text-embedding-3-small", input="tunnel")
+            return embedding.model
+    assert asyncio.run(run())
+    assert azure.last().path == "/openai/deployments/prod-embed/embeddings"
+
+
+def test_a_client_that_does_not_trust_the_ca_fails(proxied: Gateway, monkeypatch: pytest.MonkeyPatch,
+                                                    azure: EmulatorThread) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE")
+    before = len(azure.requests())
+    with openai.OpenAI(api_key=CLIENT_KEY, max_retries=0) as client, pytest.raises(openai.APIConnectionError) as caught:
+        client.models.list()
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(caught.value.__cause__) or "certificate" in repr(caught.value.__cause__).lower()
+    assert len(azure.requests()) == before
+
+
+def _connect(gateway: Gateway, target: str, host: str | None = None) -> tuple[socket.socket, bytes]:
+    port = int(gateway.http_url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {host or target}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(4096)
+        if not data:
+            break
+        head += data
+    return sock, head
+
+
+@pytest.mark.parametrize(("target", "host"), [
+    ("example.com:443", None), ("api.openai.com:80", None), ("127.0.0.1:443", None), ("api.openai.com.:443", None),
+    ("API.OPENAI.COM.evil.example:443", None), ("evil.example:443", "api.openai.com:443"), ("[::1]:443", None),
+    ("api.openai.com:8443", None)])
+def test_a_connect_anywhere_else_is_refused(gateway: Gateway, azure: EmulatorThread, target: str, host: str | None) -> None:
+    before = len(azure.requests())
+    sock, head = _connect(gateway, target, host)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 403"), head
+        assert b"forward_proxy_refused" in head + sock.recv(4096)
+    assert len(azure.requests()) == before
+
+
+def test_inside_the_tunnel_only_the_intercepted_name_is_served(gateway: Gateway) -> None:
+    context = ssl.create_default_context(cafile=str(bundle(gateway)))
+    sock, head = _connect(gateway, "api.openai.com:443")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    with context.wrap_socket(sock, server_hostname="api.openai.com") as tls:
+        assert tls.version() is not None
+    sock, head = _connect(gateway, "api.openai.com:443")
+    assert head.startswith(b"HTTP/1.1 200")
+    relaxed = ssl.create_default_context(cafile=str(bundle(gateway)))
+    relaxed.check_hostname = False
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):  # another SNI matches no filter chain: closed
+        with relaxed.wrap_socket(sock, server_hostname="www.example.com") as tls:
+            tls.recv(1)
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_curl_through_the_tunnel(gateway: Gateway, azure: EmulatorThread, http: str) -> None:
+    curl = shutil.which("curl")
+    assert curl, "curl is needed"
+    result = subprocess.run([curl, "-sS", http, "-x", gateway.http_url, "--cacert", str(bundle(gateway)),
+                             "-H", f"authorization: Bearer {CLIENT_KEY}", "-H", "content-type: application/json",
+                             "-d", '{"model": "gpt-4o", "messages": [{"role": "user", "content": "curl"}]}',
+                             "-w", "\\n%{http_code} %{http_version}", "https://api.openai.com/v1/chat/completions"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    body, _, status = result.stdout.rpartition("\n")
+    assert status == ("200 1.1" if http == "--http1.1" else "200 2"), result.stderr
+    assert "Echo: curl" in body and azure.last().headers["api-key"] == SERVER_KEY
+
+
+def test_a_body_over_the_limit_inside_the_tunnel_is_an_openai_error(proxied: Gateway) -> None:
+    with openai.OpenAI(api_key=CLIENT_KEY, max_retries=0) as client, pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x" * 3_000_000}])  # type: ignore[arg-type]
+    assert caught.value.status_code == 413 and caught.value.body["code"] == "request_too_large"
