@@ -82,7 +82,7 @@ def compile_gateway(settings: Settings, created: int | None = None, trips: TripB
         spend=spend or (SpendReader(settings.usage_paths.board, len(settings.token_limited_keys))
                         if settings.token_limited_keys else NoSpend()),
         byok=ByokTarget(byok.host_suffix, byok.port, BYOK_CLUSTER) if (byok := settings.clients.byok_settings) else None,
-        include_stream_usage=settings.usage.include_stream_usage,
+        include_stream_usage=settings.stream_usage_added,
     )
 
 

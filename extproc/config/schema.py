@@ -391,7 +391,8 @@ class UsageSettings(_Strict):
     # Adds stream_options.include_usage to streamed chat/completions and completions requests that lack it, so
     # that Azure reports their tokens (counted for metrics and token limits); the client then receives the extra
     # final usage chunk (`choices: []`), as Azure sends it.
-    include_stream_usage: bool = False
+    # None: on exactly when a client key has a token limit (a stream that reports no usage would not count).
+    include_stream_usage: bool | None = None
 
 
 class ForwardProxySettings(_Strict):
@@ -505,6 +506,20 @@ class Settings(_Strict):
                 raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(ENDPOINT_NAMES)}")
         return value
 
+    @property
+    def stream_usage_added(self) -> bool:
+        """Whether streamed chat/completions requests are sent asking for their usage (usage.include_stream_usage)."""
+        if self.usage.include_stream_usage is None:
+            return bool(self.token_limited_keys)
+        return self.usage.include_stream_usage
+
+    @model_validator(mode="after")
+    def _token_limits_see_streams(self) -> Settings:
+        if self.usage.include_stream_usage is False and self.token_limited_keys:
+            raise ValueError("usage.include_stream_usage: false would let a token-limited key's streams go uncounted "
+                             "(clients.keys[].tokens_per_minute/day): leave it out or set it true")
+        return self
+
     @model_validator(mode="after")
     def _metrics_port_free(self) -> Settings:
         if self.metrics.enabled and self.metrics.port in (self.listen.http_port, self.listen.https_port,
@@ -582,7 +597,7 @@ class Settings(_Strict):
     @property
     def loopback_only(self) -> bool:
         """Whether the listeners are reachable from this machine only."""
-        return _is_loopback(self.listen.address)
+        return is_loopback(self.listen.address)
 
     @property
     def pools(self) -> dict[str, list[PoolMember]]:
@@ -678,13 +693,21 @@ class Settings(_Strict):
                             self.socket_dir / "breaker.trips")
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     if address == "localhost":
         return True
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return False
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether an HTTP Host (name or address, maybe a port, IPv6 in brackets) is a loopback one: localhost,
+    *.localhost, 127/8, ::1."""
+    name = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host.partition(":")[0]
+    name = name.lower()
+    return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
 
 
 class BreakerPaths(NamedTuple):

@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class AccessLogSink(als_pb2_grpc.AccessLogServiceServicer):
+    """Never log an entry: Envoy puts all of a request's dynamic metadata in it, a pool's tries' credentials too."""
+
     def __init__(self, record: Callable[[Any, float], None], what: str) -> None:
         self._record = record
         self._what = what  # for the log line of an entry that could not be counted

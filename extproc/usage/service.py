@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from ..breaker.status import fetch_status
 from ..config import Settings
+from ..config.schema import is_loopback, is_loopback_host
 from ..rpc.access_log import add_access_log_sink
 from .board import SpendWriter
 from .ledger import Ledger, Request
@@ -51,13 +52,17 @@ USAGE_FIELDS = ("status", "duration_ms", "last_byte_us", "first_byte_us", "tries
                 "backend", "deployment", "model")
 
 
+# Envoy's response flags for a client that went away: its connection closed (DC), or it reset its HTTP/2 stream (DR).
+CUT_FLAGS = frozenset({"DC", "DR"})
+
+
 def _count(text: str) -> int | None:
     """A token count as the formatter wrote it ("412", maybe "412.0"); None for none."""
     if not text or text == "-":
         return None
     try:
         return int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or "inf" from a count beyond any float
         return None
 
 
@@ -76,7 +81,7 @@ def request_of(entry: Any, circuits: tuple[tuple[str, str], ...]) -> Request:
     return Request(_number(status), model, deployment, backend, client, duration,
                    int(first_byte_us) / 1e6 if first_byte_us.isdigit() else None, _number(tries),
                    _count(prompt), _count(completion), _count(total), _count(cached), _count(reasoning),
-                   "DC" in flags)
+                   not CUT_FLAGS.isdisjoint(flags.split(",")))
 
 
 class UsageService:
@@ -247,7 +252,17 @@ def _http_app(service: UsageService) -> web.Application:
             # Nothing from elsewhere, no framing: the page loads only what this server serves.
             "content-security-policy": "default-src 'self'; frame-ancestors 'none'"})
 
-    app = web.Application()
+    loopback = is_loopback(service.settings.metrics.address)
+
+    @web.middleware
+    async def loopback_hosts_only(request: web.Request, handler: Any) -> web.StreamResponse:
+        # Bound to loopback, only loopback names are answered: a web page that rebinds its own name to 127.0.0.1
+        # can't read the status (DNS rebinding). Beyond loopback (a scraped container), the network decides.
+        if loopback and not is_loopback_host(request.host):
+            return web.Response(status=403, text="Host not allowed\n")
+        return await handler(request)
+
+    app = web.Application(middlewares=[loopback_hosts_only])
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status.json", status)
     for path in PAGE_FILES:
@@ -265,9 +280,13 @@ async def serve_usage(settings: Settings) -> None:
     if settings.metrics.enabled:
         runner = web.AppRunner(_http_app(service), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.metrics.address, settings.metrics.port).start()
-        log.info("metrics and status page on http://%s:%d/ (pid %d)", settings.metrics.address, settings.metrics.port,
-                 os.getpid())
+        try:
+            await web.TCPSite(runner, settings.metrics.address, settings.metrics.port).start()
+            log.info("metrics and status page on http://%s:%d/ (pid %d)", settings.metrics.address,
+                     settings.metrics.port, os.getpid())
+        except OSError as exc:  # another gateway's port, say: token limits and counting go on without it
+            log.error("cannot serve the metrics and status page on %s:%d (%s); set metrics.port to a free port",
+                      settings.metrics.address, settings.metrics.port, exc.strerror or exc)
         if settings.pools:
             tasks.append(asyncio.create_task(service.poll_breaker()))
     # Last: `up` and the health check take this socket for the process being ready.

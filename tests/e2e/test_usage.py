@@ -71,3 +71,21 @@ def test_the_access_log_has_each_answers_token_usage(gateway: Gateway) -> None:
     assert all(isinstance(line["ttfb_ms"], int) and 0 <= line["ttfb_ms"] <= line["duration_ms"] for line in lines)
     assert all("client" not in line for line in lines)  # no client keys here: no such field
     assert all(line["member"] is None for line in lines)  # no pool
+
+
+def test_a_clients_metadata_cannot_hide_an_answers_usage(gateway: Gateway) -> None:
+    """The Responses API echoes the client's metadata after `usage`: a key named "usage" and 16 long values (pushing
+    the real usage far from the answer's end) must not make its tokens uncounted (a token limit would not hold)."""
+    metadata = {"usage": "x", **{f"k{i}": "\u00e9" * 512 for i in range(15)}}
+    before = _mark(gateway)
+    expected = []
+    with openai.OpenAI(base_url=gateway.http_url + "/v1", api_key="client", max_retries=0) as client:
+        response = client.responses.create(model="gpt-4o", input="Hello there", metadata=metadata)
+        assert response.metadata == metadata  # echoed, after the usage
+        expected.append((response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens))
+        with client.responses.stream(model="gpt-4o", input="Hello stream", metadata=metadata) as stream:
+            final = stream.get_final_response()
+        expected.append((final.usage.input_tokens, final.usage.output_tokens, final.usage.total_tokens))
+    after = _mark(gateway)
+    lines = _log_lines(gateway)[before + 1:after]
+    assert [(line["prompt_tokens"], line["completion_tokens"], line["total_tokens"]) for line in lines] == expected

@@ -37,7 +37,7 @@ def forwarded(decision: Forward | Reply) -> dict:
 class TestSetting:
     def test_off_by_default_and_carried_into_the_gateway(self, tmp_path: Path) -> None:
         settings = load_settings(env={"AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com"})
-        assert settings.usage.include_stream_usage is False
+        assert settings.usage.include_stream_usage is None  # on only with token limits
         assert compile_gateway(settings).include_stream_usage is False
         path = tmp_path / "gateway.yaml"
         path.write_text("azure: {endpoint: https://res.openai.azure.com}\nusage: {include_stream_usage: true}\n")

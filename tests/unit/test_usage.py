@@ -232,3 +232,40 @@ def test_the_spend_is_saved_and_taken_back_by_the_next_usage_process(tmp_path: P
     (config.state_path / "spend.json").write_text("{not json")
     third = UsageService(config, board.SpendWriter(config.usage_paths.board, keys))
     assert third.ledger.limits[0].remaining(time.time())["day"] == 1000
+
+
+def test_token_limits_make_streams_ask_for_their_usage(tmp_path: Path) -> None:
+    config = settings(tmp_path)  # team-a has a token limit
+    assert config.usage.include_stream_usage is None and config.stream_usage_added
+    assert compile_gateway(config).include_stream_usage
+    with pytest.raises(ConfigError, match="include_stream_usage"):
+        settings(tmp_path, CONFIG + "usage: {include_stream_usage: false}\n")
+
+
+def test_the_status_server_on_loopback_answers_loopback_names_only(tmp_path: Path) -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from extproc.usage.service import UsageService, _http_app
+
+    service = UsageService(settings(tmp_path), None)
+
+    async def statuses() -> list[int]:
+        async with TestClient(TestServer(_http_app(service))) as client:
+            found = []
+            for host in ("127.0.0.1:9464", "localhost:9464", "[::1]:9464", "rebound.example:9464"):
+                response = await client.get("/status.json", headers={"host": host})
+                found.append(response.status)
+            return found
+
+    assert asyncio.run(statuses()) == [200, 200, 200, 403]  # a DNS-rebinding page names its own host
+
+
+def test_a_client_that_reset_its_stream_is_counted_as_cut() -> None:
+    entry = accesslog_pb2.HTTPAccessLogEntry()
+    for flags, cut in (("DR", True), ("DC", True), ("UF,URX", False), ("-", False), ("DPE", False)):
+        entry.common_properties.custom_tags["u"] = f"200\t9\t\t\t1\t{flags}" + "\t" * 10
+        assert request_of(entry, ()).cut is cut, flags
+    entry.common_properties.custom_tags["u"] = "200\t9\t\t\t1\t-\t" + "9" * 400 + "\t" * 9
+    assert request_of(entry, ()).input_tokens is None  # a count beyond any float is no count
