@@ -46,10 +46,12 @@ def name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _make_ca(now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def make_ca(common_name: str, now: dt.datetime,
+            extensions: tuple[tuple[x509.ExtensionType, bool], ...] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that signs only end certificates (path length 0), with `extensions` (value, critical) besides."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = name("aoai-gateway local development CA")
-    cert = (
+    subject = name(common_name)
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -60,9 +62,10 @@ def _make_ca(now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifi
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
     )
-    return key, cert
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return key, builder.sign(key, hashes.SHA256())
 
 
 def _server_names(extra: tuple[str, ...]) -> list[x509.GeneralName]:
@@ -115,7 +118,7 @@ def ensure_dev_certificates(directory: Path, extra_names: tuple[str, ...] = ()) 
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     else:
-        ca_key, ca_cert = _make_ca(now)
+        ca_key, ca_cert = make_ca("aoai-gateway local development CA", now)
         write_private(ca_key_path, pem_key(ca_key))
         paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         paths.server_cert.unlink(missing_ok=True)  # issued by the old CA

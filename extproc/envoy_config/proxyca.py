@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .devtls import CA_VALIDITY, RENEW_BEFORE, SERVER_VALIDITY, name, pem_key, write_private
+from .devtls import RENEW_BEFORE, SERVER_VALIDITY, make_ca, name, pem_key, write_private
 
 log = logging.getLogger(__name__)
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -37,27 +37,11 @@ class ProxyCertificates:
 
 
 def _make_ca(hosts: Sequence[str], now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = name("aoai-gateway forward-proxy CA")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        # Only these names (RFC 5280 4.2.1.10): a permitted name also permits its subdomains, which the excluded
-        # ".name" (OpenSSL: subdomains only) takes back.
-        .add_extension(x509.NameConstraints(permitted_subtrees=[x509.DNSName(host) for host in hosts],
-                                            excluded_subtrees=[x509.DNSName("." + host) for host in hosts]),
-                       critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+    # Only these names (RFC 5280 4.2.1.10): a permitted name also permits its subdomains, which the excluded ".name"
+    # (OpenSSL: subdomains only) takes back.
+    constraints = x509.NameConstraints(permitted_subtrees=[x509.DNSName(host) for host in hosts],
+                                       excluded_subtrees=[x509.DNSName("." + host) for host in hosts])
+    return make_ca("aoai-gateway forward-proxy CA", now, ((constraints, True),))
 
 
 def _make_leaf(ca_key: SigningKey, ca_cert: x509.Certificate, hosts: Sequence[str],

@@ -260,22 +260,22 @@ def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
 
 
-def datasources() -> list[dict[str, Any]]:
+def _provisioned(directory: Path, key: str) -> list[dict[str, Any]]:
+    """Grafana's provisioning files in `directory` (apiVersion 1), their `key` lists joined."""
     found = []
-    for path in sorted(GRAFANA_DATASOURCES.glob("*.y*ml")):
+    for path in sorted(directory.glob("*.y*ml")):
         document = load_yaml(path)
         assert document["apiVersion"] == 1, path
-        found += document["datasources"]
+        found += document[key]
     return found
+
+
+def datasources() -> list[dict[str, Any]]:
+    return _provisioned(GRAFANA_DATASOURCES, "datasources")
 
 
 def dashboard_providers() -> list[dict[str, Any]]:
-    found = []
-    for path in sorted(GRAFANA_DASHBOARD_PROVIDERS.glob("*.y*ml")):
-        document = load_yaml(path)
-        assert document["apiVersion"] == 1, path
-        found += document["providers"]
-    return found
+    return _provisioned(GRAFANA_DASHBOARD_PROVIDERS, "providers")
 
 
 def all_panels(board: dict[str, Any]) -> list[dict[str, Any]]:

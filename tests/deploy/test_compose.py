@@ -61,24 +61,22 @@ def test_compose_file_matches_the_compose_specification(variables: str) -> None:
 def test_the_schema_is_strict_enough_to_catch_mistakes() -> None:
     """The vendored schema really checks the parts this file relies on."""
     document = compose_raw()
-    broken = copy.deepcopy(document)
-    broken["services"]["envoy"]["depends_on"]["extproc"]["condition"] = "service_up"
-    assert _errors(broken)
-    broken = copy.deepcopy(document)
-    broken["services"]["emulator"]["profiles"] = "demo"
-    assert _errors(broken)
-    broken = copy.deepcopy(document)
-    broken["services"]["extproc"]["healthcheck"]["retry"] = 3
-    assert _errors(broken)
-    broken = copy.deepcopy(document)
-    broken["services"]["envoy"]["readonly"] = True
-    assert _errors(broken)
-    broken = copy.deepcopy(document)
-    broken["services"]["grafana"]["depends_on"]["prometheus"]["condition"] = "started"
-    assert _errors(broken)
-    broken = copy.deepcopy(document)
-    broken["services"]["prometheus"]["security_opt"] = "no-new-privileges:true"
-    assert _errors(broken)
+    # (service, path to the key, a wrong value): each alone must be an error.
+    mistakes = [
+        ("envoy", ["depends_on", "extproc", "condition"], "service_up"),
+        ("emulator", ["profiles"], "demo"),
+        ("extproc", ["healthcheck", "retry"], 3),
+        ("envoy", ["readonly"], True),
+        ("grafana", ["depends_on", "prometheus", "condition"], "started"),
+        ("prometheus", ["security_opt"], "no-new-privileges:true"),
+    ]
+    for service, keys, value in mistakes:
+        broken = copy.deepcopy(document)
+        target = broken["services"][service]
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+        assert _errors(broken), (service, keys, value)
 
 
 def test_every_variable_is_documented_in_env_example() -> None:
