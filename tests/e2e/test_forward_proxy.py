@@ -6,10 +6,12 @@ host only. No DNS: Envoy never resolves api.openai.com."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +66,18 @@ def test_the_sdk_with_api_openai_com_reaches_the_deployment(proxied: Gateway, az
             return embedding.model
     assert asyncio.run(run())
     assert azure.last().path == "/openai/deployments/prod-embed/embeddings"
+    # Envoy's log: the tunnel's CONNECT line, and the requests inside it with the client's own address and the SNI.
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in proxied.log.read_text().splitlines()
+                 if line.startswith("{") and '"bytes_in":' in line]
+        inner = [line for line in lines if line["sni"] == "api.openai.com" and line["model"] == "text-embedding-3-small"]
+        if inner or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert inner and inner[-1]["client_address"] == "127.0.0.1" and inner[-1]["deployment"] == "prod-embed"
+    assert any(line["method"] == "CONNECT" and line["status"] == 200 and line["client_address"] == "127.0.0.1"
+               for line in lines)
 
 
 def test_a_client_that_does_not_trust_the_ca_fails(proxied: Gateway, monkeypatch: pytest.MonkeyPatch,
