@@ -170,7 +170,7 @@ class Ledger:
         self.history = History()
         self.limits: list[KeyLimits] = [key_limits(key.name, key.tokens_per_minute, key.tokens_per_day)
                                         for key in settings.token_limited_keys]
-        self._limit_slot = {limits.name: slot for slot, limits in enumerate(self.limits)}
+        self.limit_slot = {limits.name: slot for slot, limits in enumerate(self.limits)}
         self.totals = {"requests": 0, "tokens": 0}
 
     def record(self, request: Request, now: float) -> tuple[int, tuple[float, ...]] | None:
@@ -201,7 +201,7 @@ class Ledger:
         totals["requests"] += 1
         totals["tokens"] += tokens
         self.history.add(now, model, client, tokens)
-        slot = self._limit_slot.get(request.client)
+        slot = self.limit_slot.get(request.client)
         if slot is None or not tokens:
             return None
         return slot, self.limits[slot].add(tokens, now)

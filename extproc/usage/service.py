@@ -95,9 +95,9 @@ class UsageService:
         self.ledger.registry.register(_StateCollector(self))
         self._spend_file = settings.state_path / "spend.json"
         if spend is not None:
-            self._restore_spend()
+            self._restore_spend(spend)
 
-    def _restore_spend(self) -> None:
+    def _restore_spend(self, spend: SpendWriter) -> None:
         """The keys' spend as the former usage process saved it (a restart of the process or the gateway does not
         reset anyone's day), their blocks published again."""
         try:
@@ -116,8 +116,7 @@ class UsageService:
                 except (TypeError, ValueError):
                     log.error("the saved token spend of %s is not readable: starting it from none", limits.name)
                     continue
-                if self._spend is not None:
-                    self._spend.publish(slot, limits.blocked_until(now))
+                spend.publish(slot, limits.blocked_until(now))
 
     def save_spend(self) -> None:
         """Write the keys' spend (atomically: a reader never sees half of it)."""
@@ -161,7 +160,7 @@ class UsageService:
             row: dict[str, Any] = {"name": key.name, "tokens_per_minute": key.tokens_per_minute,
                                    "tokens_per_day": key.tokens_per_day, "requests_per_minute": key.requests_per_minute}
             if key.token_limited:
-                slot = next(i for i, limits in enumerate(self.ledger.limits) if limits.name == key.name)
+                slot = self.ledger.limit_slot[key.name]
                 row["remaining"] = self.ledger.limits[slot].remaining(now)
                 if self._spend is not None:
                     row["blocked_until"] = max(self._spend.blocked(slot))
