@@ -211,6 +211,9 @@ def _forward_proxy_pieces(settings: Settings, config: dict[str, Any]) -> tuple[d
             if not settings.forward_proxy.enabled:
                 hcm.pop("upgrade_configs", None)
                 hcm.pop("access_log_options", None)
+                for log in hcm.get("access_log", []):
+                    if "log_format" in log["typed_config"]:
+                        log["typed_config"]["log_format"]["json_format"].pop("tunnel", None)
                 mappers = hcm.get("local_reply_config", {}).get("mappers", [])
                 mappers[:] = [m for m in mappers if "forward_proxy_refused" not in str(m)]
                 for other in vhosts:
@@ -231,13 +234,20 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
                    vhost: dict[str, Any], inner: dict[str, Any]) -> None:
     """The intercepted hosts' CONNECT virtual host on the listeners, and the internal listener the tunnels end in:
     TLS with the forward-proxy certificate for those names, then a copy of the listeners' connection manager
-    without the CONNECT upgrade (a CONNECT inside a tunnel is refused) and with the intercepted names among the
-    Hosts the browser guard lets through."""
+    without the CONNECT upgrade (a CONNECT inside a tunnel is refused); the intercepted names among the Hosts the
+    browser guard lets through."""
     hosts = settings.forward_proxy.hosts
     vhost["domains"] = [f"{host}:443" for host in hosts]
     hcm = None
     for hcm in _distinct_connection_managers(listeners):
         hcm["route_config"]["virtual_hosts"].insert(0, copy.deepcopy(vhost))
+        # The browser guard's Host rule admits the intercepted names: inside a tunnel, and on the listeners for
+        # plain-HTTP proxy requests (`HTTP_PROXY`, absolute form). No page can rebind a name it does not own.
+        for http_filter in hcm["http_filters"]:
+            if http_filter["name"] == RBAC_FILTER and "foreign-host" in http_filter["typed_config"]["rules"]["policies"]:
+                allowed = http_filter["typed_config"]["rules"]["policies"]["foreign-host"]["permissions"][0]["not_rule"]
+                allowed["or_rules"]["rules"].extend({"header": {"name": ":authority", "string_match": {"safe_regex": {
+                    "regex": "(?i)" + re.escape(host) + "(:(80|443))?"}}}} for host in hosts)
     assert hcm is not None
     inner_hcm = copy.deepcopy(hcm)
     inner_hcm["stat_prefix"] = "forward_proxy"
@@ -245,11 +255,6 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
     inner_hcm.pop("access_log_options", None)
     inner_hcm["route_config"]["virtual_hosts"] = [v for v in inner_hcm["route_config"]["virtual_hosts"]
                                                   if v["name"] != FORWARD_PROXY_VHOST]
-    for http_filter in inner_hcm["http_filters"]:
-        if http_filter["name"] == RBAC_FILTER and "foreign-host" in http_filter["typed_config"]["rules"]["policies"]:
-            allowed = http_filter["typed_config"]["rules"]["policies"]["foreign-host"]["permissions"][0]["not_rule"]
-            allowed["or_rules"]["rules"].extend({"header": {"name": ":authority", "string_match": {"safe_regex": {
-                "regex": "(?i)" + re.escape(host) + "(:443)?"}}}} for host in hosts)
     chain = inner["filter_chains"][0]
     chain["filter_chain_match"]["server_names"] = list(hosts)
     certificate = chain["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0]

@@ -66,18 +66,27 @@ def test_the_sdk_with_api_openai_com_reaches_the_deployment(proxied: Gateway, az
             return embedding.model
     assert asyncio.run(run())
     assert azure.last().path == "/openai/deployments/prod-embed/embeddings"
+    with openai.OpenAI(api_key=CLIENT_KEY, base_url=proxied.http_url + "/v1", max_retries=0) as direct:
+        assert direct.models.list().data  # plain HTTP: HTTPS_PROXY does not apply, no tunnel
     # Envoy's log: the tunnel's CONNECT line, and the requests inside it with the client's own address and the SNI.
     deadline = time.monotonic() + 10
     while True:
         lines = [json.loads(line) for line in proxied.log.read_text().splitlines()
                  if line.startswith("{") and '"bytes_in":' in line]
         inner = [line for line in lines if line["sni"] == "api.openai.com" and line["model"] == "text-embedding-3-small"]
-        if inner or time.monotonic() > deadline:
+        outside = [line for line in lines if line["sni"] is None and line["method"] != "CONNECT"]
+        if (inner and outside) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert inner and inner[-1]["client_address"] == "127.0.0.1" and inner[-1]["deployment"] == "prod-embed"
-    assert any(line["method"] == "CONNECT" and line["status"] == 200 and line["client_address"] == "127.0.0.1"
-               for line in lines)
+    # The tunnel id joins the request to its CONNECT line (written when the tunnel was established): the CONNECT's
+    # own request id, on both lines; requests outside a tunnel have none.
+    connects = {line["tunnel"]: line for line in lines if line["method"] == "CONNECT"}
+    connect = connects[inner[-1]["tunnel"]]
+    assert connect["request_id"] == connect["tunnel"] and connect["status"] == 200
+    assert connect["client_address"] == "127.0.0.1" and connect["sni"] is None
+    assert inner[-1]["request_id"] != connect["request_id"]
+    assert outside and all(line["tunnel"] is None for line in outside)
 
 
 def test_a_client_that_does_not_trust_the_ca_fails(proxied: Gateway, monkeypatch: pytest.MonkeyPatch,
@@ -149,3 +158,24 @@ def test_a_body_over_the_limit_inside_the_tunnel_is_an_openai_error(proxied: Gat
     with openai.OpenAI(api_key=CLIENT_KEY, max_retries=0) as client, pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x" * 3_000_000}])  # type: ignore[arg-type]
     assert caught.value.status_code == 413 and caught.value.body["code"] == "request_too_large"
+
+
+def test_plain_http_proxy_requests_are_translated_too(gateway: Gateway, azure: EmulatorThread,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`HTTP_PROXY` and `http://api.openai.com/v1`: the absolute-form request's Host is the intercepted name, which
+    the loopback gateway's browser guard admits (another name is still refused)."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", gateway.http_url)
+    with openai.OpenAI(api_key=CLIENT_KEY, base_url="http://api.openai.com/v1", max_retries=0) as client:
+        answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "Echo: through the tunnel"
+    seen = azure.last()
+    assert seen.headers["api-key"] == SERVER_KEY and "authorization" not in seen.headers
+    curl = shutil.which("curl")
+    assert curl, "curl is needed"
+    for url, expected in (("http://api.openai.com/v1/models", "200"), ("http://api.openai.com:80/v1/models", "200"),
+                          ("http://evil.example/v1/models", "403")):
+        result = subprocess.run([curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", url],
+                                env={"http_proxy": gateway.http_url}, capture_output=True, text=True, timeout=30, check=False)
+        assert result.stdout == expected, (url, result.stdout, result.stderr)

@@ -40,7 +40,7 @@ def test_a_ca_needs_its_key(tmp_path: Path) -> None:
 def test_off_renders_none_of_it(tmp_path: Path) -> None:
     text = orjson.dumps(envoy_config.render(settings(tmp_path), None)).decode()
     for piece in ("forward_proxy", "internal_listener", "upgrade_configs", "connect_matcher",
-                  "flush_log_on_tunnel_successfully_established"):
+                  "flush_log_on_tunnel_successfully_established", "aoai.tunnel"):
         assert piece not in text, piece
 
 
@@ -60,8 +60,9 @@ def test_on_every_piece_is_rendered_and_envoy_accepts_it(tmp_path: Path) -> None
     inner_hcm = chain["filters"][0]["typed_config"]
     assert "upgrade_configs" not in inner_hcm  # a CONNECT inside a tunnel is refused
     assert [v["name"] for v in inner_hcm["route_config"]["virtual_hosts"]] == ["openai"]
-    assert "api\\\\.openai\\\\.com" in orjson.dumps(inner_hcm).decode()  # the browser guard lets the intercepted Host in
-    assert "api\\\\.openai\\\\.com" not in orjson.dumps(hcm["http_filters"]).decode()  # ... only inside the tunnel
+    # The browser guard lets the intercepted Hosts in: inside the tunnel, and on the listener (HTTP_PROXY requests).
+    assert "api\\\\.openai\\\\.com" in orjson.dumps(inner_hcm["http_filters"]).decode()
+    assert "api\\\\.openai\\\\.com" in orjson.dumps(hcm["http_filters"]).decode()
     assert any(e["name"] == "envoy.bootstrap.internal_listener" for e in rendered["bootstrap_extensions"])
     assert "forward_proxy_tunnel" in [c["name"] for c in resources["clusters"]]
     assert (config.forward_proxy_dir / "leaf.crt").is_file() and path.is_file()
