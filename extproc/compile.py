@@ -83,6 +83,7 @@ def compile_gateway(settings: Settings, created: int | None = None, trips: TripB
                         if settings.token_limited_keys else NoSpend()),
         byok=ByokTarget(byok.host_suffix, byok.port, BYOK_CLUSTER) if (byok := settings.clients.byok_settings) else None,
         include_stream_usage=settings.stream_usage_added,
+        checks_tunnels=settings.forward_proxy.enabled and bool(settings.clients.keys),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -21,6 +22,23 @@ def presented_key(authorization: str, api_key: str) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return api_key or None
+
+
+def proxy_key(proxy_authorization: str) -> str | None:
+    """The client key on a forward-proxy CONNECT: `Proxy-Authorization: Basic base64(NAME:KEY)` (what clients send
+    for a proxy URL `http://NAME:KEY@gateway:8080`; the name is not checked, a key alone as the user works too) or
+    `Bearer KEY`; None when there is none."""
+    scheme, _, token = proxy_authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer":
+        return token or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8
+        return None
+    return password or user or None
 
 
 def authorization_scheme(authorization: str) -> str:
@@ -70,6 +88,10 @@ class ClientKeys:
         key = presented_key(authorization, api_key)
         if key is None:
             return None
+        return self._by_digest.get(key_digest(key))
+
+    def identify_key(self, key: str) -> Client | None:
+        """The client whose key this is (a CONNECT's, from `proxy_key`), None for an unknown one."""
         return self._by_digest.get(key_digest(key))
 
 

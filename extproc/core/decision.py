@@ -24,6 +24,7 @@ class RequestHead(NamedTuple):
     content_length: int = -1  # the declared Content-Length; -1 when none (HTTP/2 may omit it)
     # Azure's header naming the deployment the Responses API's image tool calls: a deployment by another road.
     image_deployment: str = ""
+    proxy_authorization: str = ""  # forward-proxy mode: a CONNECT's credential (the app's client key)
 
 
 class Try(NamedTuple):
@@ -65,11 +66,18 @@ class Reply:
     client: str = ""  # the client key's name when it was known (Envoy's access logs, the usage process)
 
 
+class Tunnel(NamedTuple):
+    """Forward-proxy mode: open the CONNECT's tunnel (Envoy's route has chosen it: an intercepted host); `client`
+    is the key it was opened with. The requests inside are decided one by one, each needing its own key."""
+
+    client: str
+
+
 class AwaitBody(NamedTuple):
     """The decision needs the body (the model is in it); `finish` completes it."""
 
     finish: Callable[[bytes], Union[Forward, Reply]]
 
 
-HeadersDecision = Union[Forward, Reply, AwaitBody]
+HeadersDecision = Union[Forward, Reply, AwaitBody, Tunnel]
 BodyDecision = Union[Forward, Reply]

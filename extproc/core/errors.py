@@ -7,6 +7,7 @@ anything else (an empty 502, a text/plain 413) surfaces as an opaque exception i
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import orjson
 
@@ -94,6 +95,19 @@ CLIENT_KEY_UNKNOWN = error(
     "Incorrect API key provided. Ask this gateway's operator for a key.",  # never any part of the key
     code="invalid_api_key",
 )
+# Forward-proxy mode with client keys: a CONNECT must carry one (clients send it for a proxy URL with a user).
+PROXY_KEY_MISSING = replace(error(
+    407,
+    "This gateway's forward proxy needs a client key on the CONNECT: set the proxy URL as "
+    "http://NAME:KEY@HOST:PORT (HTTPS_PROXY), or send Proxy-Authorization: Bearer KEY. Ask this gateway's operator "
+    "for a key.",
+    code="invalid_api_key",
+), headers=(("proxy-authenticate", 'Basic realm="aoai-gateway"'),))
+PROXY_KEY_UNKNOWN = replace(error(
+    407,
+    "Incorrect API key provided in Proxy-Authorization. Ask this gateway's operator for a key.",
+    code="invalid_api_key",
+), headers=(("proxy-authenticate", 'Basic realm="aoai-gateway"'),))
 NOT_FOR_RESTRICTED_KEYS = error(
     403,
     "This API key may use only some models; files, batches and requests in Azure's own form that name no "

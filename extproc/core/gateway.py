@@ -81,6 +81,9 @@ class Gateway:
     spend: SpendBoard = field(default_factory=NoSpend)  # client keys' token limits (the usage process's board)
     # usage.include_stream_usage: streamed chat and completions requests ask Azure for their token usage
     include_stream_usage: bool = False
+    # forward_proxy.enabled with client keys: the ext_proc sees each CONNECT (to an intercepted host) and checks
+    # its Proxy-Authorization
+    checks_tunnels: bool = False
 
     @property
     def credentials_reusable(self) -> bool:

@@ -23,14 +23,14 @@ from urllib.parse import unquote
 
 import orjson
 
-from ..auth.client import ClientKeys, presented_key
+from ..auth.client import ClientKeys, presented_key, proxy_key
 from ..auth.upstream import API_KEY_HEADER, Headers
 from ..routing import Backend, Pool, Target
 from ..routing.byok import ByokKey, NotByok, parse_byok
 from . import errors
 from .bodies import BodyModel, model_name, read_model
 from .catalogue import AZURE_DEPLOYMENT_PATH_PREFIXES, AZURE_DEPLOYMENTS_PREFIX, AZURE_UPLOAD_PREFIXES
-from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead, Try
+from .decision import AwaitBody, BodyDecision, Forward, HeadersDecision, Reply, RequestHead, Try, Tunnel
 from .gateway import ByokTarget, Gateway
 from .models_endpoint import ModelsEndpoint
 from .jsonbody import (DuplicateMember, InvalidJson, TooManyMembers, insert_top_level_json, insert_top_level_string,
@@ -61,6 +61,7 @@ class Translator:
         self._byok = gateway.byok
         self._spend = gateway.spend
         self._stream_usage = gateway.include_stream_usage
+        self._checks_tunnels = gateway.checks_tunnels
         # /v1/models as each key with a model list sees it (built once per list).
         self._models_endpoints: dict[frozenset[str], ModelsEndpoint] = {}
         self._deployments: dict[frozenset[str], frozenset[str]] = {}  # of each list's models
@@ -79,6 +80,8 @@ class Translator:
 
     def on_headers(self, head: RequestHead) -> HeadersDecision:
         if self._clients is not None:
+            if self._checks_tunnels and head.method == "CONNECT":
+                return self._tunnel(head, self._clients)
             return self._client_key_first(head, self._clients)
         if self._byok is not None and (":" in head.authorization or ":" in head.api_key):
             return self._own_resource(head, self._byok)
@@ -130,6 +133,18 @@ class Translator:
                 return new_body
         return Forward(path, ((API_KEY_HEADER, byok.key),), target.cluster, new_body,
                        authority=target.authority(byok.resource), model=model, deployment=deployment, backend="byok")
+
+    @staticmethod
+    def _tunnel(head: RequestHead, clients: ClientKeys) -> Tunnel | Reply:
+        """Forward-proxy mode: a CONNECT to an intercepted host (Envoy refuses any other before asking) opens a
+        tunnel only with a client key in its Proxy-Authorization."""
+        key = proxy_key(head.proxy_authorization)
+        if key is None:
+            return errors.PROXY_KEY_MISSING
+        client = clients.identify_key(key)
+        if client is None:
+            return errors.PROXY_KEY_UNKNOWN
+        return Tunnel(client.name)
 
     def _client_key_first(self, head: RequestHead, clients: ClientKeys) -> HeadersDecision:
         """Client keys: decided before anything else (a 401 reads no body, reaches nothing)."""

@@ -137,7 +137,7 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
                     route["route"]["idle_timeout"] = body_idle if _undecided(route) else idle
         largest_pool = max((len(members) for members in settings.pools.values()), default=0)
         for http_filter in _http_filters(listener):
-            if http_filter["name"] == "envoy.filters.http.ext_proc":
+            if http_filter["name"] == EXT_PROC_FILTER:
                 http_filter["typed_config"]["message_timeout"] = f"{settings.extproc.message_timeout_ms / 1000:g}s"
                 # What the request is for (aoai.request, for the access logs) and the namespaces a pool's tries
                 # come in (extproc/processor/messages.py), and no others.
@@ -241,6 +241,25 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
     hcm = None
     for hcm in _distinct_connection_managers(listeners):
         hcm["route_config"]["virtual_hosts"].insert(0, copy.deepcopy(vhost))
+        # With client keys the ext_proc checks each tunnelled CONNECT's key (Proxy-Authorization); without, nothing
+        # to check.
+        for upgrade in hcm["upgrade_configs"]:
+            for http_filter in list(upgrade["filters"]):
+                if http_filter["name"] != EXT_PROC_FILTER:
+                    continue
+                if settings.clients.keys:
+                    http_filter["typed_config"]["message_timeout"] = f"{settings.extproc.message_timeout_ms / 1000:g}s"
+                else:
+                    upgrade["filters"].remove(http_filter)
+        if not settings.clients.keys:
+            for other in hcm["route_config"]["virtual_hosts"]:
+                for route in other["routes"]:
+                    if "connect_matcher" in route["match"]:
+                        route.pop("typed_per_filter_config", None)
+        # A tunnel is no API request: its CONNECT (logged when established and when closed) is not counted.
+        for log in _usage_loggers(hcm):
+            log["filter"] = {"header_filter": {"header": {
+                "name": ":method", "string_match": {"exact": "CONNECT"}, "invert_match": True}}}
         # The browser guard's Host rule admits the intercepted names: inside a tunnel, and on the listeners for
         # plain-HTTP proxy requests (`HTTP_PROXY`, absolute form). No page can rebind a name it does not own.
         for http_filter in hcm["http_filters"]:
@@ -253,6 +272,8 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
     inner_hcm["stat_prefix"] = "forward_proxy"
     inner_hcm.pop("upgrade_configs", None)
     inner_hcm.pop("access_log_options", None)
+    for log in _usage_loggers(inner_hcm):  # no CONNECT inside
+        del log["filter"]
     inner_hcm["route_config"]["virtual_hosts"] = [v for v in inner_hcm["route_config"]["virtual_hosts"]
                                                   if v["name"] != FORWARD_PROXY_VHOST]
     chain = inner["filter_chains"][0]
@@ -280,6 +301,7 @@ def _without_upstream_authorization(listeners: list[dict[str, Any]]) -> None:
 
 
 RBAC_FILTER = "envoy.filters.http.rbac"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 
 
@@ -468,8 +490,12 @@ def _usage_log(settings: Settings, resources: dict[str, Any], listeners: list[di
         return
     resources["clusters"].remove(cluster)
     for hcm in _distinct_connection_managers(listeners):
-        hcm["access_log"] = [log for log in hcm.get("access_log", []) if log["typed_config"].get(
-            "common_config", {}).get("grpc_service", {}).get("envoy_grpc", {}).get("cluster_name") != USAGE_LOG_CLUSTER]
+        hcm["access_log"] = [log for log in hcm.get("access_log", []) if log not in _usage_loggers(hcm)]
+
+
+def _usage_loggers(hcm: dict[str, Any]) -> list[dict[str, Any]]:
+    return [log for log in hcm.get("access_log", []) if log["typed_config"].get(
+        "common_config", {}).get("grpc_service", {}).get("envoy_grpc", {}).get("cluster_name") == USAGE_LOG_CLUSTER]
 
 
 def _pools(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:

@@ -20,11 +20,12 @@ from collections.abc import Callable
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ..core.decision import AwaitBody, Forward, Reply
+from ..core.decision import AwaitBody, Forward, Reply, Tunnel
 from ..core.gateway import Gateway
 from ..core.translator import Translator
 from ..rpc.status import FAILED_PRECONDITION, INTERNAL, RpcError
-from .messages import CONTINUE_BYTES, body_forward_response, headers_forward_response, reply_response, request_head
+from .messages import (CONTINUE_BYTES, body_forward_response, headers_forward_response, reply_response, request_head,
+                       tunnel_response)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class ExtProcCall:
             return (self._cache.get(decision, headers_phase=True, has_body=head.has_body),), True
         if isinstance(decision, Reply):
             return (reply_response(decision).SerializeToString(),), True
+        if isinstance(decision, Tunnel):  # a CONNECT's body is the tunnel: never read here
+            return (tunnel_response(decision).SerializeToString(),), True
         if not head.has_body:
             # A POST without a body: the core treats it as an empty (invalid) body.
             return (self._body_answer(decision, b"", headers_phase=True),), True

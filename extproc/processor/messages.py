@@ -10,7 +10,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from ..auth.client import CLIENT_HEADER
 from ..auth.upstream import UPSTREAM_AUTHORIZATION_HEADER
-from ..core.decision import Forward, Reply, RequestHead
+from ..core.decision import Forward, Reply, RequestHead, Tunnel
 from ..routing import POOL_METADATA_NAMESPACE, REQUEST_METADATA_NAMESPACE
 
 ROUTE_HEADER = "x-aoai-gateway-cluster"  # matched exactly by the routes upstream; clients' copies are stripped
@@ -51,7 +51,7 @@ def _encode(value: str) -> bytes:
 def request_head(headers: pb.HttpHeaders) -> RequestHead:
     """Pick the few headers the core reads, in one pass (Envoy's forward_rules send only these).
     Each attribute read of a protobuf message costs about a microsecond here: each is read once."""
-    method = path = content_type = authorization = api_key = image_deployment = ""
+    method = path = content_type = authorization = api_key = image_deployment = proxy_authorization = ""
     content_length = -1
     for header in headers.headers.headers:
         key = header.key
@@ -71,8 +71,10 @@ def request_head(headers: pb.HttpHeaders) -> RequestHead:
             content_length = int(raw)
         elif key == IMAGE_DEPLOYMENT_HEADER:  # twice: both reach Azure, so both are checked (a list is no name)
             image_deployment = image_deployment + "," + value if image_deployment else value
+        elif key == "proxy-authorization":  # only a CONNECT's reaches here (forward-proxy mode)
+            proxy_authorization = value
     return RequestHead(method, path, content_type, authorization, api_key, not headers.end_of_stream, content_length,
-                       image_deployment)
+                       image_deployment, proxy_authorization)
 
 
 def _header(key: str, value: str) -> HeaderValueOption:
@@ -146,6 +148,14 @@ def reply_response(reply: Reply) -> pb.ProcessingResponse:
     )
     if reply.client:  # whose request was refused (a token limit, a model the key may not use)
         response.dynamic_metadata.update({REQUEST_METADATA_NAMESPACE: {"client": reply.client}})
+    return response
+
+
+def tunnel_response(tunnel: Tunnel) -> pb.ProcessingResponse:
+    """A CONNECT goes on to the route Envoy chose, without its Proxy-Authorization, and logged with the key's name."""
+    response = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=pb.CommonResponse(
+        header_mutation=pb.HeaderMutation(remove_headers=["proxy-authorization"]))))
+    response.dynamic_metadata.update({REQUEST_METADATA_NAMESPACE: {"client": _text(tunnel.client)}})
     return response
 
 

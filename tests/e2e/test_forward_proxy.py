@@ -6,13 +6,14 @@ host only. No DNS: Envoy never resolves api.openai.com."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
@@ -33,6 +34,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, ups
         stop_gateway(gw)
     output = gw.log.read_text()
     assert CLIENT_KEY not in output and SERVER_KEY not in output
+
+
+def access_log(gateway: Gateway, *wanted: Callable[[dict], bool]) -> list[dict]:
+    """Envoy's access log lines once each of `wanted` matches one (its stdout log is flushed every second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in gateway.log.read_text().splitlines()
+                 if line.startswith("{") and '"bytes_in":' in line]
+        if all(any(want(line) for line in lines) for want in wanted) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
 
 
 def bundle(gateway: Gateway) -> Path:
@@ -69,15 +81,14 @@ def test_the_sdk_with_api_openai_com_reaches_the_deployment(proxied: Gateway, az
     with openai.OpenAI(api_key=CLIENT_KEY, base_url=proxied.http_url + "/v1", max_retries=0) as direct:
         assert direct.models.list().data  # plain HTTP: HTTPS_PROXY does not apply, no tunnel
     # Envoy's log: the tunnel's CONNECT line, and the requests inside it with the client's own address and the SNI.
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(line) for line in proxied.log.read_text().splitlines()
-                 if line.startswith("{") and '"bytes_in":' in line]
-        inner = [line for line in lines if line["sni"] == "api.openai.com" and line["model"] == "text-embedding-3-small"]
-        outside = [line for line in lines if line["sni"] is None and line["method"] != "CONNECT"]
-        if (inner and outside) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    def inside(line: dict) -> bool:
+        return line["sni"] == "api.openai.com" and line["model"] == "text-embedding-3-small"
+
+    def outside(line: dict) -> bool:
+        return line["sni"] is None and line["method"] != "CONNECT"
+
+    lines = access_log(proxied, inside, outside)
+    inner, outside_lines = [line for line in lines if inside(line)], [line for line in lines if outside(line)]
     assert inner and inner[-1]["client_address"] == "127.0.0.1" and inner[-1]["deployment"] == "prod-embed"
     # The tunnel id joins the request to its CONNECT line (written when the tunnel was established): the CONNECT's
     # own request id, on both lines; requests outside a tunnel have none.
@@ -86,7 +97,7 @@ def test_the_sdk_with_api_openai_com_reaches_the_deployment(proxied: Gateway, az
     assert connect["request_id"] == connect["tunnel"] and connect["status"] == 200
     assert connect["client_address"] == "127.0.0.1" and connect["sni"] is None
     assert inner[-1]["request_id"] != connect["request_id"]
-    assert outside and all(line["tunnel"] is None for line in outside)
+    assert outside_lines and all(line["tunnel"] is None for line in outside_lines)
 
 
 def test_a_client_that_does_not_trust_the_ca_fails(proxied: Gateway, monkeypatch: pytest.MonkeyPatch,
@@ -179,3 +190,111 @@ def test_plain_http_proxy_requests_are_translated_too(gateway: Gateway, azure: E
         result = subprocess.run([curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", url],
                                 env={"http_proxy": gateway.http_url}, capture_output=True, text=True, timeout=30, check=False)
         assert result.stdout == expected, (url, result.stdout, result.stderr)
+
+
+APP_KEY = "sk-aoai-e2e-forward-app"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Gateway]:
+    """With client keys: a CONNECT needs one in its Proxy-Authorization, and each request inside needs its own."""
+    gw = start_gateway(tmp_path_factory.mktemp("forward-keys"), azure.url, upstream_pki.ca_cert,
+                       forward_proxy="{enabled: true}", clients="{keys: [{name: app, key_env: APP_KEY}]}",
+                       env={"APP_KEY": APP_KEY})
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
+    output = gw.log.read_text()
+    assert APP_KEY not in output and SERVER_KEY not in output
+
+
+def _proxy_url(gateway: Gateway, userinfo: str = "") -> str:
+    return gateway.http_url.replace("http://", f"http://{userinfo}@" if userinfo else "http://")
+
+
+def test_with_client_keys_the_connect_needs_one(keyed: Gateway, azure: EmulatorThread,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_BASE_URL", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle(keyed)))
+    before = len(azure.requests())
+    for proxy in (_proxy_url(keyed), _proxy_url(keyed, "app:sk-aoai-wrong")):
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        with openai.OpenAI(api_key=APP_KEY, max_retries=0) as client, pytest.raises(openai.APIConnectionError) as caught:
+            client.models.list()
+        assert "407" in repr(caught.value.__cause__)
+    assert len(azure.requests()) == before
+    # The proxy URL's password is the key (what clients send for it: Basic); the request inside carries it too.
+    monkeypatch.setenv("HTTPS_PROXY", _proxy_url(keyed, f"app:{APP_KEY}"))
+    with openai.OpenAI(api_key=APP_KEY, max_retries=0) as client:
+        answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "Echo: through the tunnel"
+        seen = azure.last()
+        assert seen.headers["api-key"] == SERVER_KEY
+        assert not {"authorization", "proxy-authorization"} & set(seen.headers)
+    # Inside the tunnel a request is decided like any other: without its own key, 401.
+    with openai.OpenAI(api_key="not-a-key", max_retries=0) as client, pytest.raises(openai.AuthenticationError):
+        client.models.list()
+    def opened(line: dict) -> bool:
+        return line["method"] == "CONNECT" and line["status"] == 200 and line["client"] == "app"
+
+    lines = access_log(keyed, opened)
+    assert any(opened(line) for line in lines)
+    assert [line["status"] for line in lines if line["method"] == "CONNECT" and line["client"] is None][:2] == [407, 407]
+
+
+def _raw_connect(gateway: Gateway, target: str, proxy_authorization: str | None) -> bytes:
+    port = int(gateway.http_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        extra = f"Proxy-Authorization: {proxy_authorization}\r\n" if proxy_authorization is not None else ""
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer or (answer.startswith(b"HTTP/1.1 4") and not answer.endswith(b"}")):
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+@pytest.mark.parametrize(("credential", "status"), [
+    (None, 407), ("Basic " + base64.b64encode(b"app:sk-aoai-wrong").decode(), 407), ("Basic !!!", 407),
+    ("Basic " + base64.b64encode(b"\xff:\xfe").decode(), 407), (f"Negotiate {APP_KEY}", 407),
+    (f"Bearer {APP_KEY}", 200), ("Basic " + base64.b64encode(f"{APP_KEY}:".encode()).decode(), 200),
+    ("Basic " + base64.b64encode(f"anyone:{APP_KEY}".encode()).decode(), 200)])
+def test_the_connects_proxy_authorization(keyed: Gateway, credential: str | None, status: int) -> None:
+    answer = _raw_connect(keyed, "api.openai.com:443", credential)
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer
+    if status == 407:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b'proxy-authenticate: Basic realm="aoai-gateway"' in head.lower().replace(b"basic", b"Basic")
+        assert json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
+def test_with_client_keys_a_connect_elsewhere_is_refused_before_any_key_check(keyed: Gateway) -> None:
+    for credential in (None, f"Bearer {APP_KEY}"):
+        answer = _raw_connect(keyed, "example.com:443", credential)
+        assert answer.startswith(b"HTTP/1.1 403") and b"forward_proxy_refused" in answer, answer
+
+
+def test_a_tunnel_is_not_counted_as_a_request(keyed: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usage process counts the requests inside a tunnel, not its CONNECT (logged when opened and when closed)."""
+    def counted() -> float:
+        return sum(v for k, v in keyed.metrics().items() if k.startswith("aoai_gateway_requests_total{"))
+
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle(keyed)))
+    monkeypatch.setenv("HTTPS_PROXY", _proxy_url(keyed, f"app:{APP_KEY}"))
+    time.sleep(0.3)  # the earlier tests' entries (sent every 50 ms)
+    before = counted()
+    with openai.OpenAI(api_key=APP_KEY, max_retries=0) as client:
+        client.embeddings.create(model="text-embedding-3-small", input="counted once")
+    assert _raw_connect(keyed, "example.com:443", None).startswith(b"HTTP/1.1 403")
+    assert _raw_connect(keyed, "api.openai.com:443", None).startswith(b"HTTP/1.1 407")
+    deadline = time.monotonic() + 10
+    while counted() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the CONNECT lines, had they been sent, would be in by now
+    assert counted() == before + 1

@@ -1,15 +1,26 @@
-"""Forward-proxy mode's settings and rendering (without traffic: tests/e2e/test_forward_proxy.py): the hosts
-accepted, every piece present and valid for Envoy with the mode on, none of them without it."""
+"""Forward-proxy mode's settings, rendering and CONNECT check (without traffic: tests/e2e/test_forward_proxy.py): the
+hosts accepted, every piece present and valid for Envoy with the mode on, none of them without it; with client keys,
+a CONNECT's Proxy-Authorization checked by the core."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import orjson
 import pytest
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from extproc import envoy_config
+from extproc.auth.client import proxy_key
+from extproc.compile import compile_gateway
 from extproc.config import ConfigError, load_settings
+from extproc.core import errors
+from extproc.core.decision import Reply, RequestHead, Tunnel
+from extproc.core.translator import Translator
+from extproc.processor.messages import request_head, tunnel_response
 
 BASE = """
 azure: {endpoint: https://main.openai.azure.com, api_key: azure-key}
@@ -66,3 +77,64 @@ def test_on_every_piece_is_rendered_and_envoy_accepts_it(tmp_path: Path) -> None
     assert any(e["name"] == "envoy.bootstrap.internal_listener" for e in rendered["bootstrap_extensions"])
     assert "forward_proxy_tunnel" in [c["name"] for c in resources["clusters"]]
     assert (config.forward_proxy_dir / "leaf.crt").is_file() and path.is_file()
+
+
+APP_KEY = "sk-aoai-forward-app"
+KEYS = f"clients: {{keys: [{{name: app, key_sha256: {hashlib.sha256(APP_KEY.encode()).hexdigest()}}}]}}\n"
+
+
+def _basic(text: str) -> str:
+    return "Basic " + base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(("value", "key"), [
+    (f"Bearer {APP_KEY}", APP_KEY), (f"bearer  {APP_KEY} ", APP_KEY), (_basic(f"app:{APP_KEY}"), APP_KEY),
+    (_basic(f"{APP_KEY}:"), APP_KEY), (_basic(f"{APP_KEY}"), APP_KEY), (_basic("a:b:c"), "b:c"),
+    ("", None), ("Bearer", None), ("Basic", None), ("Basic !!!", None), ("Basic " + "é", None),
+    ("Basic " + base64.b64encode(b"\xff:\xfe").decode(), None), (_basic(":"), None), (f"Digest {APP_KEY}", None)])
+def test_the_key_a_connect_carries(value: str, key: str | None) -> None:
+    assert proxy_key(value) == key
+
+
+def test_a_connect_opens_a_tunnel_only_with_a_client_key(tmp_path: Path) -> None:
+    translator = Translator(compile_gateway(settings(tmp_path, "forward_proxy: {enabled: true}\n" + KEYS)))
+    tunnel = translator.on_headers(RequestHead("CONNECT", "", proxy_authorization=_basic(f"app:{APP_KEY}")))
+    assert tunnel == Tunnel("app")
+    for value in ("", _basic("app:sk-aoai-wrong"), f"Bearer {APP_KEY}x"):
+        refused = translator.on_headers(RequestHead("CONNECT", "", proxy_authorization=value))
+        assert isinstance(refused, Reply) and refused.status == 407
+        assert ("proxy-authenticate", 'Basic realm="aoai-gateway"') in refused.headers
+        assert orjson.loads(refused.body)["error"]["code"] == "invalid_api_key"
+    # The tunnel's own requests are decided like any other: their own key, never the CONNECT's.
+    inside = translator.on_headers(RequestHead("GET", "/v1/models", proxy_authorization=f"Bearer {APP_KEY}"))
+    assert isinstance(inside, Reply) and inside.status == 401
+    # Without the mode a CONNECT is what it was: a request for a path the gateway does not serve.
+    plain = Translator(compile_gateway(settings(tmp_path, KEYS)))
+    refused = plain.on_headers(RequestHead("CONNECT", "", authorization=f"Bearer {APP_KEY}"))
+    assert isinstance(refused, Reply) and refused.body == errors.CONNECT_REFUSED.body
+
+
+def test_the_tunnels_answer_drops_the_credential_and_names_the_key() -> None:
+    response = tunnel_response(Tunnel("app"))
+    assert list(response.request_headers.response.header_mutation.remove_headers) == ["proxy-authorization"]
+    assert not response.request_headers.response.header_mutation.set_headers
+    assert dict(response.dynamic_metadata["aoai.request"]) == {"client": "app"}
+    head = request_head(pb.HttpHeaders(headers=HeaderMap(headers=[
+        HeaderValue(key=":method", raw_value=b"CONNECT"), HeaderValue(key="proxy-authorization", raw_value=b"Bearer k")])))
+    assert head.method == "CONNECT" and head.proxy_authorization == "Bearer k"
+
+
+def test_with_client_keys_the_connect_is_checked_by_the_ext_proc(tmp_path: Path) -> None:
+    def connect_filters(extra: str) -> tuple[list[str], str]:
+        rendered = envoy_config.render(settings(tmp_path, "forward_proxy: {enabled: true}\n" + extra), None)
+        hcm = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        refused = next(r for r in hcm["route_config"]["virtual_hosts"][1]["routes"] if "connect_matcher" in r["match"])
+        filters = hcm["upgrade_configs"][0]["filters"]
+        timeouts = [f["typed_config"].get("message_timeout") for f in filters if f["name"] == "envoy.filters.http.ext_proc"]
+        return [f["name"].rsplit(".", 1)[1] for f in filters], str(refused.get("typed_per_filter_config")) + str(timeouts)
+
+    names, rest = connect_filters(KEYS + "extproc: {message_timeout_ms: 3500}\n")
+    assert names == ["ext_proc", "set_filter_state", "router"]
+    assert "'disabled': True" in rest and "'3.5s'" in rest  # a CONNECT elsewhere is refused without asking
+    names, rest = connect_filters("")
+    assert names == ["set_filter_state", "router"] and rest == "None[]"
