@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
+
+from ..rpc.probe import socket_in_use
+
+__all__ = ["SocketInUseError", "prepare_socket", "socket_in_use"]
 
 
 class SocketInUseError(RuntimeError):
     pass
-
-
-def socket_in_use(path: Path, timeout: float = 1.0) -> bool:
-    """Whether some process accepts connections on the Unix socket `path` (False for a file left
-    behind by a process that is gone, or no file)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(timeout)
-        try:
-            probe.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-        except (TimeoutError, BlockingIOError):
-            return True  # a full backlog: there is a listener
-    return True
 
 
 def prepare_socket(path: Path) -> None:

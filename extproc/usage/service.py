@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -30,6 +29,7 @@ from ..breaker.status import fetch_status
 from ..config import Settings
 from ..config.schema import is_loopback, is_loopback_host
 from ..rpc.access_log import add_access_log_sink
+from ..rpc.probe import socket_in_use
 from .board import SpendWriter
 from .ledger import Ledger, Request
 
@@ -143,12 +143,7 @@ class UsageService:
 
     def workers_up(self) -> int:
         """Workers whose socket accepts a connection (a Unix connect: immediate)."""
-        up = 0
-        for path in self.settings.socket_paths():
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.2)
-                up += probe.connect_ex(str(path)) == 0
-        return up
+        return sum(socket_in_use(path, 0.2) for path in self.settings.socket_paths())
 
     def status(self, now: float) -> dict[str, Any]:
         settings = self.settings
