@@ -5,11 +5,13 @@ directory, so the project's own renderer and the real Envoy can check them here.
 
 from __future__ import annotations
 
+import re
 import shlex
 import secrets
 import shutil
+import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,9 @@ from extproc.config import Settings, load_settings
 from extproc.envoy_config.devtls import ensure_dev_certificates
 
 from .helpers import (
+    FORWARD_PROXY_CA_SCRIPT,
+    FORWARD_PROXY_CA_SECRET,
+    FORWARD_PROXY_COMPONENT,
     KUSTOMIZATIONS,
     REPO,
     SYSTEMD,
@@ -29,12 +34,14 @@ from .helpers import (
     find,
     healthcheck_argv,
     kustomize,
+    kustomize_with,
     mounts_of,
     parse_dockerfile,
     pod_specs,
     read_env_file,
     remap,
     remap_tree,
+    require_tool,
     service_environment,
     service_mounts,
     volume_sources,
@@ -55,6 +62,8 @@ class Flavour:
     extproc_probes: list[list[str]] = field(default_factory=list)
     envoy_probes: list[list[str]] = field(default_factory=list)
     read_only_envoy_mounts: set[str] = field(default_factory=set)
+    # The operator's forward-proxy CA (Kubernetes: the Secret components/forward-proxy mounts): (cert, key) paths.
+    forward_proxy_ca: tuple[str, str] | None = None
 
     @property
     def rendered_path(self) -> str:
@@ -123,49 +132,55 @@ def _probe_commands(pod_container: dict[str, Any]) -> list[list[str]]:
             if p in pod_container and "exec" in pod_container[p]]
 
 
+def _pod_flavours(docs: list[dict[str, Any]], label: str) -> list[Flavour]:
+    flavours = []
+    for owner, pod in pod_specs(docs):
+        extproc = container(pod, "extproc")
+        envoy = container(pod, "envoy")
+        if extproc is None:
+            continue
+        assert envoy is not None
+        env, _ = image_env()
+        env.update(container_env(docs, extproc))
+        volumes = volume_sources(pod)
+        files: dict[str, str] = {}
+        tls_files: list[tuple[str, str]] = []
+        forward_proxy_ca = None
+        for path, mount in mounts_of(extproc).items():
+            volume = volumes[mount["name"]]
+            if "configMap" in volume:
+                config_map = find(docs, "ConfigMap", volume["configMap"]["name"])
+                assert config_map is not None
+                for key, content in config_map["data"].items():
+                    files[f"{path}/{key}"] = content
+            if "secret" in volume and "client-keys" in volume["secret"]["secretName"]:
+                continue  # its files are the config's clients.keys[].key_file (materialize writes them)
+            if "secret" in volume and volume["secret"]["secretName"] == FORWARD_PROXY_CA_SECRET:
+                forward_proxy_ca = (f"{path}/tls.crt", f"{path}/tls.key")  # a CA, made by materialize
+            elif "secret" in volume:
+                tls_files.append((f"{path}/tls.crt", f"{path}/tls.key"))
+        assert envoy["command"] == ["/usr/local/bin/envoy"]
+        flavours.append(Flavour(
+            name=f"kubernetes:{label}:{owner['metadata']['name']}",
+            extproc_argv=list(extproc["args"]),
+            env=env,
+            envoy_argv=list(envoy["args"]),
+            extproc_mounts={p: m["name"] for p, m in mounts_of(extproc).items()},
+            envoy_mounts={p: m["name"] for p, m in mounts_of(envoy).items()},
+            files=files,
+            tls_files=tls_files,
+            extproc_probes=_probe_commands(extproc),
+            envoy_probes=_probe_commands(envoy),
+            read_only_envoy_mounts={p for p, m in mounts_of(envoy).items() if m.get("readOnly")},
+            forward_proxy_ca=forward_proxy_ca,
+        ))
+    return flavours
+
+
 def kubernetes_flavours() -> list[Flavour]:
     if shutil.which("kubectl") is None:  # test_kubernetes.py fails for it
         return []
-    flavours = []
-    for kustomization in KUSTOMIZATIONS:
-        docs = kustomize(kustomization)
-        for owner, pod in pod_specs(docs):
-            extproc = container(pod, "extproc")
-            envoy = container(pod, "envoy")
-            if extproc is None:
-                continue
-            assert envoy is not None
-            env, _ = image_env()
-            env.update(container_env(docs, extproc))
-            volumes = volume_sources(pod)
-            files: dict[str, str] = {}
-            tls_files: list[tuple[str, str]] = []
-            for path, mount in mounts_of(extproc).items():
-                volume = volumes[mount["name"]]
-                if "configMap" in volume:
-                    config_map = find(docs, "ConfigMap", volume["configMap"]["name"])
-                    assert config_map is not None
-                    for key, content in config_map["data"].items():
-                        files[f"{path}/{key}"] = content
-                if "secret" in volume and "client-keys" in volume["secret"]["secretName"]:
-                    continue  # its files are the config's clients.keys[].key_file (materialize writes them)
-                if "secret" in volume:
-                    tls_files.append((f"{path}/tls.crt", f"{path}/tls.key"))
-            assert envoy["command"] == ["/usr/local/bin/envoy"]
-            flavours.append(Flavour(
-                name=f"kubernetes:{kustomization}:{owner['metadata']['name']}",
-                extproc_argv=list(extproc["args"]),
-                env=env,
-                envoy_argv=list(envoy["args"]),
-                extproc_mounts={p: m["name"] for p, m in mounts_of(extproc).items()},
-                envoy_mounts={p: m["name"] for p, m in mounts_of(envoy).items()},
-                files=files,
-                tls_files=tls_files,
-                extproc_probes=_probe_commands(extproc),
-                envoy_probes=_probe_commands(envoy),
-                read_only_envoy_mounts={p for p, m in mounts_of(envoy).items() if m.get("readOnly")},
-            ))
-    return flavours
+    return [flavour for kustomization in KUSTOMIZATIONS for flavour in _pod_flavours(kustomize(kustomization), kustomization)]
 
 
 def parse_unit(path: Path) -> list[tuple[str, str, str]]:
@@ -247,6 +262,56 @@ def all_flavours() -> list[Flavour]:
     return [compose_flavour(), compose_flavour({}, "compose (no .env)"), *kubernetes_flavours(), systemd_flavour()]
 
 
+# --- forward-proxy mode: each artifact's commented `forward_proxy:` section turned on --------------------------
+
+FORWARD_PROXY = "forward_proxy"
+FORWARD_PROXY_SUFFIX = "+forward-proxy"
+
+
+def uncomment_section(text: str, section: str, indent: str = "") -> str:
+    """The YAML with its commented-out example of `section` (`# section:` and its `#   key: value` lines, as
+    observability.commented_section reads them; each after `indent`) turned on, the rest unchanged."""
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith(indent) and re.match(rf"#\s?{re.escape(section)}:(\s|$)", line[len(indent):]):
+            end = index + 1
+            while end < len(lines) and lines[end].startswith(indent) and re.match(r"#\s{2,}\S", lines[end][len(indent):]):
+                end += 1
+            # As a reader uncomments: "# " off each line.
+            block = [indent + re.sub(r"^# ?", "", commented[len(indent):]) for commented in lines[index:end]]
+            return "\n".join(lines[:index] + block + lines[end:]) + "\n"
+    raise AssertionError(f"no commented-out {section}: section to turn on")
+
+
+def with_forward_proxy(flavour: Flavour, name: str) -> Flavour:
+    """The flavour with its config file's commented forward_proxy section turned on, as its comments tell."""
+    config_path = flavour.env["AOAI_GATEWAY_CONFIG"]
+    files = {**flavour.files, config_path: uncomment_section(flavour.files[config_path], FORWARD_PROXY)}
+    return replace(flavour, name=name, files=files)
+
+
+def forward_proxy_flavours() -> list[Flavour]:
+    """compose and systemd with the CA the gateway makes in its state dir; the Kubernetes shared gateway (base and
+    production) with components/forward-proxy, its CA from the operator's Secret."""
+    flavours = [with_forward_proxy(compose_flavour(), "compose" + FORWARD_PROXY_SUFFIX)]
+    if shutil.which("kubectl") is not None:  # test_kubernetes.py fails for it
+        for base in ("base/gateway", "overlays/production"):
+            docs = kustomize_with([base], [FORWARD_PROXY_COMPONENT])
+            (gateway,) = [f for f in _pod_flavours(docs, f"{base}+{FORWARD_PROXY_COMPONENT}") if f.name.endswith(":aoai-gateway")]
+            flavours.append(with_forward_proxy(gateway, gateway.name))
+    flavours.append(with_forward_proxy(systemd_flavour(), "systemd" + FORWARD_PROXY_SUFFIX))
+    return flavours
+
+
+def make_forward_proxy_ca(directory: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
+    """deploy/forward-proxy-ca's CA for `hosts`: (ca.crt, ca.key, bundle.pem)."""
+    require_tool("openssl", "the Debian package openssl")
+    result = subprocess.run([str(FORWARD_PROXY_CA_SCRIPT), "-o", str(directory), *hosts],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return directory / "ca.crt", directory / "ca.key", directory / "bundle.pem"
+
+
 @dataclass
 class Materialized:
     paths: dict[str, Path]  # container path prefix -> host path
@@ -269,7 +334,7 @@ def materialize(flavour: Flavour, root: Path, overrides: dict[str, Any] | None =
     for container_path in flavour.files:
         if remap(container_path, paths) == container_path:
             paths[container_path] = root / "files" / container_path.strip("/").replace("/", "_")
-    for cert, key in flavour.tls_files:
+    for cert, key in [*flavour.tls_files, *([flavour.forward_proxy_ca] if flavour.forward_proxy_ca else [])]:
         for container_path in (cert, key):
             if remap(container_path, paths) == container_path:
                 paths[container_path] = root / "files" / container_path.strip("/").replace("/", "_")
@@ -298,5 +363,11 @@ def materialize(flavour: Flavour, root: Path, overrides: dict[str, Any] | None =
         dev = ensure_dev_certificates(root / "tls-source")
         Path(remap(cert, paths)).write_bytes(dev.server_cert.read_bytes())
         Path(remap(key, paths)).write_bytes(dev.server_key.read_bytes())
+    if flavour.forward_proxy_ca is not None:  # the operator's Secret, made as the component's comments say
+        hosts = flavour.container_settings().forward_proxy.hosts
+        ca_cert, ca_key, _ = make_forward_proxy_ca(root / "forward-proxy-ca", hosts)
+        cert, key = flavour.forward_proxy_ca
+        Path(remap(cert, paths)).write_bytes(ca_cert.read_bytes())
+        Path(remap(key, paths)).write_bytes(ca_key.read_bytes())
     assert TEMPLATE.is_file()
     return Materialized(paths, env)

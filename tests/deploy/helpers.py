@@ -38,7 +38,12 @@ EXTERNAL_SECRETS = {
     "aoai-gateway-azure": {"AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"},
     "aoai-gateway-tls": {"tls.crt", "tls.key"},
     "aoai-gateway-client-keys": {"app"},  # overlays/production: one file per app key
+    "aoai-gateway-forward-proxy-ca": {"tls.crt", "tls.key"},  # components/forward-proxy: the CA every replica signs with
 }
+# Forward-proxy mode: the component that mounts the operator's CA, its Secret, and the script that makes the CA.
+FORWARD_PROXY_COMPONENT = "components/forward-proxy"
+FORWARD_PROXY_CA_SECRET = "aoai-gateway-forward-proxy-ca"
+FORWARD_PROXY_CA_SCRIPT = REPO / "deploy" / "forward-proxy-ca"
 SKIP_MISSING_TOOLS_ENV = "AOAI_GATEWAY_DEPLOY_SKIP_MISSING_TOOLS"
 
 

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
+from .flavours import compose_flavour, uncomment_section, with_forward_proxy
 from .helpers import (
+    COMPOSE_FILE,
     ENV_EXAMPLE,
     REPO,
     compose_raw,
     compose_resolved,
     healthcheck_argv,
     interpolate,
+    interpolate_tree,
     read_env_file,
     service_environment,
     service_mounts,
@@ -247,3 +252,37 @@ def test_every_bind_mount_source_exists() -> None:
         for mount in service_mounts(service):
             if not mount.named:
                 assert (REPO / mount.source).exists(), f"{name}: {mount.source} does not exist"
+
+
+# --- forward-proxy mode ------------------------------------------------------------------------
+
+FORWARD_PROXY_APP = "my-app"
+
+
+def test_forward_proxy_app_example() -> None:
+    """docker-compose.yml's commented `my-app` (forward-proxy mode), uncommented as a reader would: valid compose; the
+    app's proxy is Envoy's HTTP listener in the compose network, and it trusts the bundle the gateway made (with
+    deploy/compose/config.yaml's forward_proxy turned on), copied out of the volume `run` by the documented
+    `docker compose cp` and mounted read-only; it mounts no volume of the gateway's (sockets, the CA's key)."""
+    text = COMPOSE_FILE.read_text()
+    document = yaml.safe_load(uncomment_section(text, FORWARD_PROXY_APP, indent="  "))
+    assert _errors(document) == []
+    for env in ({}, read_env_file(ENV_EXAMPLE)):
+        assert _errors(interpolate_tree(document, env)) == []
+    assert variables_used(document) <= set(read_env_file(ENV_EXAMPLE))
+    services = interpolate_tree(document, read_env_file(ENV_EXAMPLE))["services"]
+    assert {name: s for name, s in services.items() if name != FORWARD_PROXY_APP} == compose_resolved()["services"]
+    app = services[FORWARD_PROXY_APP]
+    environment = service_environment(app)
+    settings = with_forward_proxy(compose_flavour(), "compose+forward-proxy").container_settings()
+    assert settings.forward_proxy.enabled
+    assert environment["HTTPS_PROXY"] == f"http://envoy:{settings.listen.http_port}"
+    assert environment["NO_PROXY"], "the app's other destinations must not go to the gateway (403)"
+    assert app["depends_on"]["envoy"]["condition"] == "service_healthy"
+    ((source, copied),) = re.findall(r"docker compose cp extproc:(\S+) (\S+)", text)
+    assert source == str(settings.forward_proxy_dir / "bundle.pem")
+    (mount,) = service_mounts(app)
+    assert not mount.named and mount.read_only and mount.source == copied
+    assert environment["SSL_CERT_FILE"] == environment["REQUESTS_CA_BUNDLE"] == mount.target
+    assert "/" + copied.removeprefix("./") in (REPO / ".gitignore").read_text().splitlines()
+

@@ -30,17 +30,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+import yaml
 from openai import OpenAI
 
 from extproc.runtime.processes import free_port
 
-from .flavours import compose_flavour, materialize
+from .flavours import compose_flavour, materialize, uncomment_section, with_forward_proxy
 from .observability import prometheus_config, scrape_targets
 from .helpers import (
+    COMPOSE_FILE,
     ENV_EXAMPLE,
     compose_resolved,
     flag_value,
     healthcheck_argv,
+    interpolate_tree,
     parse_dockerfile,
     read_env_file,
     remap,
@@ -110,7 +113,11 @@ def _replace_words(argv: list[str], replacements: dict[str, str]) -> list[str]:
     return [replacements.get(word, word) for word in argv]
 
 
-def test_demo_profile_serves_a_request_through_envoy(processes: Processes) -> None:
+@pytest.mark.parametrize("forward_proxy", [False, True], ids=["default", "forward-proxy"])
+def test_demo_profile_serves_a_request_through_envoy(processes: Processes, forward_proxy: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """forward-proxy: deploy/compose/config.yaml's forward_proxy section turned on, and docker-compose.yml's commented
+    `my-app` example's settings sending the SDK's default https://api.openai.com through Envoy."""
     bash = require_tool("bash", "bash")
     variables = read_env_file(ENV_EXAMPLE)  # `cp .env.example .env`, nothing filled in
     services = compose_resolved(variables)["services"]
@@ -137,6 +144,8 @@ def test_demo_profile_serves_a_request_through_envoy(processes: Processes) -> No
     with tempfile.TemporaryDirectory(prefix="aoai-") as tmp:  # short: Unix socket paths
         root = Path(tmp)
         flavour = compose_flavour(variables)
+        if forward_proxy:
+            flavour = with_forward_proxy(flavour, "compose+forward-proxy")
         assert flavour.extproc_argv == services["extproc"]["command"]
         config = flavour.container_settings()
         assert config.envoy.admin_port == ADMIN_PORT
@@ -222,3 +231,30 @@ def test_demo_profile_serves_a_request_through_envoy(processes: Processes) -> No
         reply = httpx.get(f"https://localhost:{https}/v1/models", verify=ssl.create_default_context(cafile=ca), timeout=10)
         assert reply.status_code == 200 and reply.json()["object"] == "list"
         assert oct(os.stat(layout.host(str(config.state_path / "tls" / "server.key"))).st_mode & 0o777) == "0o600"
+
+        if not forward_proxy:
+            return
+        # docker-compose.yml's `my-app`: the bundle copied out of the volume `run` (`docker compose cp`), its
+        # environment with `envoy` resolved to Envoy's stand-in; the SDK keeps its default base URL.
+        my_app = interpolate_tree(yaml.safe_load(uncomment_section(COMPOSE_FILE.read_text(), "my-app", indent="  ")),
+                                  variables)["services"]["my-app"]
+        app = service_environment(my_app)
+        ((source, copied),) = re.findall(r"docker compose cp extproc:(\S+) (\S+)", COMPOSE_FILE.read_text())
+        bundle = root / copied
+        bundle.write_bytes(layout.host(source).read_bytes())
+        for name in ("OPENAI_BASE_URL", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy",
+                     "https_proxy", "REQUESTS_CA_BUNDLE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", resolve(app["HTTPS_PROXY"]))
+        monkeypatch.setenv("NO_PROXY", app["NO_PROXY"])
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+        with OpenAI(api_key=app["OPENAI_API_KEY"], max_retries=0) as proxied:
+            assert str(proxied.base_url).startswith("https://api.openai.com/")
+            completion = proxied.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello through the tunnel"}])
+        assert completion.choices[0].message.content == "Echo: Hello through the tunnel"
+        with urllib.request.urlopen(journal_url, timeout=5) as response:  # noqa: S310 - loopback
+            journal = json.loads(response.read())
+        assert journal[-1]["path"] == "/openai/deployments/gpt-4o-mini/chat/completions"
+        assert journal[-1]["json"]["messages"][0]["content"] == "Hello through the tunnel"
+

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from .flavours import kubernetes_flavours
 from .helpers import (
     EXTERNAL_SECRETS,
+    FORWARD_PROXY_CA_SECRET,
+    FORWARD_PROXY_COMPONENT,
+    KUBERNETES,
     KUBERNETES_VERSIONS,
     KUSTOMIZATIONS,
     all_containers,
@@ -24,7 +29,7 @@ from .helpers import (
     pod_specs,
     volume_sources,
 )
-from .observability import METRICS_PATH, SCRAPER_LABEL, metrics_section, prometheus_config
+from .observability import METRICS_PATH, SCRAPER_LABEL, commented_section, metrics_section, prometheus_config
 
 ENVOY_IMAGE = "envoyproxy/envoy"
 UID = 10001
@@ -276,3 +281,68 @@ def test_monitoring_component_scrapes_the_metrics_port(base: str) -> None:
     assert [d for d in docs if d["kind"] != "PodMonitor"] == without
     for name in KUSTOMIZATIONS:
         assert not any(d["kind"] == "PodMonitor" for d in kustomize(name)), name
+
+
+# --- forward-proxy mode ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base", ["base/gateway", "overlays/production"])
+def test_forward_proxy_component_mounts_the_ca_into_the_extproc_only(base: str) -> None:
+    """components/forward-proxy: the operator's CA Secret, read-only in the ext_proc and in no other container (Envoy
+    gets the certificate each replica signs, never the CA's key); nothing else changes; valid for the API. The
+    configs' commented forward_proxy sections name its files (test_envoy_configs.py renders them)."""
+    docs = kustomize_with([base], [FORWARD_PROXY_COMPONENT], namespace="aoai-gateway")
+    for version in KUBERNETES_VERSIONS:
+        for doc in docs:
+            kubernetes_validate.validate(doc, version, strict=True)
+    without = kustomize_with([base], [], namespace="aoai-gateway")
+    assert [d for d in docs if d["kind"] != "Deployment"] == [d for d in without if d["kind"] != "Deployment"]
+    deployment = find(docs, "Deployment", "aoai-gateway")
+    assert deployment is not None and deployment["spec"]["replicas"] >= 2, "the case the Secret is for"
+    pod = deployment["spec"]["template"]["spec"]
+    ((name, volume),) = [(n, v) for n, v in volume_sources(pod).items()
+                         if v.get("secret", {}).get("secretName") == FORWARD_PROXY_CA_SECRET]
+    assert FORWARD_PROXY_CA_SECRET in EXTERNAL_SECRETS
+    mode = volume["secret"]["defaultMode"]
+    assert mode & 0o222 == 0 and mode & 0o007 == 0 and mode & 0o040, oct(mode)  # read-only, the pod's group only
+    mounts = {c["name"]: [m for m in c.get("volumeMounts") or [] if m["name"] == name] for c in all_containers(pod)}
+    (mount,) = mounts.pop("extproc")
+    assert mount["readOnly"] is True
+    assert not any(mounts.values()), mounts
+    # The rest of the Deployment is the one without the component.
+    stripped = copy.deepcopy(deployment)
+    stripped_pod = stripped["spec"]["template"]["spec"]
+    stripped_pod["volumes"] = [v for v in stripped_pod["volumes"] if v["name"] != name]
+    extproc = container(stripped_pod, "extproc")
+    assert extproc is not None
+    extproc["volumeMounts"] = [m for m in extproc["volumeMounts"] if m["name"] != name]
+    assert stripped == find(without, "Deployment", "aoai-gateway")
+    # Apps reach the proxy at the Service's http port, which the NetworkPolicy admits clients to.
+    text = (KUBERNETES / FORWARD_PROXY_COMPONENT / "kustomization.yaml").read_text()
+    service = find(docs, "Service", "aoai-gateway")
+    assert service is not None
+    (http,) = [p["port"] for p in service["spec"]["ports"] if p["name"] == "http"]
+    assert f"HTTPS_PROXY, value: \"http://aoai-gateway.aoai-gateway.svc:{http}\"" in text
+    assert f"HTTPS_PROXY, value: \"http://my-app:$(OPENAI_API_KEY)@aoai-gateway.aoai-gateway.svc:{http}\"" in text  # client keys
+    policy = find(docs, "NetworkPolicy", "aoai-gateway")
+    assert policy is not None
+    assert any(http in {p["port"] for p in rule["ports"]} and "aoai-gateway/client" in str(rule["from"])
+               for rule in policy["spec"]["ingress"])
+
+
+def test_production_overlay_names_the_forward_proxy_component() -> None:
+    """overlays/production's commented `components:` line points at the component, and its config's commented
+    forward_proxy section at that component's Secret mount."""
+    text = (KUBERNETES / "overlays/production/kustomization.yaml").read_text()
+    (path,) = re.findall(r"^#\s*-\s*(\S*components/forward-proxy)\s*$", text, re.M)
+    assert (KUBERNETES / "overlays/production" / path).resolve() == (KUBERNETES / FORWARD_PROXY_COMPONENT).resolve()
+    patch = yaml.safe_load((KUBERNETES / FORWARD_PROXY_COMPONENT / "ca.yaml").read_text())
+    (extproc,) = patch["spec"]["template"]["spec"]["initContainers"]
+    assert extproc["name"] == "extproc"
+    (mount,) = extproc["volumeMounts"]
+    for config in ("base/gateway/config.yaml", "overlays/production/config.yaml"):
+        section = commented_section((KUBERNETES / config).read_text(), "forward_proxy")
+        assert section is not None, config
+        assert section["ca_cert_file"] == mount["mountPath"] + "/tls.crt"
+        assert section["ca_key_file"] == mount["mountPath"] + "/tls.key"
+

@@ -4,6 +4,7 @@ and the two units agreeing with each other and with the config they ship."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -11,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from .flavours import SYSTEMD_ENVOY, SYSTEMD_EXTPROC, parse_unit, systemd_flavour, unit_values
+from .flavours import (
+    SYSTEMD_CONFIG,
+    SYSTEMD_ENVOY,
+    SYSTEMD_EXTPROC,
+    parse_unit,
+    systemd_flavour,
+    unit_values,
+    with_forward_proxy,
+)
 from .helpers import SYSTEMD, require_tool
 
 UNITS = (SYSTEMD_EXTPROC, SYSTEMD_ENVOY)
@@ -96,3 +105,20 @@ def test_units_work_together() -> None:
     settings = flavour.container_settings()
     assert str(settings.socket_dir) == "/run/" + unit_values(SYSTEMD_EXTPROC, "RuntimeDirectory")[0]
     assert str(settings.state_path) == "/var/lib/" + unit_values(SYSTEMD_EXTPROC, "StateDirectory")[0]
+
+
+def test_forward_proxy_example_hands_out_the_bundle() -> None:
+    """config.yaml's commented forward_proxy section, turned on: the CA lands in the StateDirectory, which only the
+    service's user reads (so the comments have apps given a world-readable copy of the bundle), and the proxy and
+    bundle the comments give apps are the gateway's (test_envoy_configs.py renders and validates it)."""
+    settings = with_forward_proxy(systemd_flavour(), "systemd+forward-proxy").container_settings()
+    assert settings.forward_proxy.enabled
+    (state,) = unit_values(SYSTEMD_EXTPROC, "StateDirectory")
+    assert settings.forward_proxy_dir.parent == settings.state_path == Path("/var/lib") / state
+    assert unit_values(SYSTEMD_EXTPROC, "StateDirectoryMode") == ["0750"] and unit_values(SYSTEMD_EXTPROC, "UMask") == ["0027"]
+    text = SYSTEMD_CONFIG.read_text()
+    ((source, copy),) = re.findall(r"install -m 0644 (\S+) (\S+)", text)
+    assert source == str(settings.forward_proxy_dir / "bundle.pem")
+    assert f"SSL_CERT_FILE={copy} " in text
+    assert re.search(rf"HTTPS_PROXY=http://{re.escape(settings.listen.address)}:{settings.listen.http_port}\b", text)
+
