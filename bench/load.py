@@ -1,9 +1,11 @@
-"""The load: wrk for throughput and latency, a socket client for SSE timing, and the 1 MiB body."""
+"""The load: wrk for throughput and latency, a socket client for SSE timing, and the 1 MiB body; with
+`--forward-proxy`, bench/h1load.c (built here) for requests through the CONNECT tunnel, which wrk cannot send."""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -52,18 +54,29 @@ def wrk_binary() -> str:
 
 @dataclass
 class WrkResult:
-    requests: int
+    requests: int  # h1load: the 2xx answers only (a row of 403s or failed handshakes is no throughput)
     seconds: float
-    errors: int
+    errors: int  # h1load: failed connections, CONNECTs and handshakes, reads, writes, timeouts, and non-2xx answers
     p50_ms: float
     p90_ms: float
     p99_ms: float
     max_ms: float
     mean_ms: float
+    # h1load only: the answers by status, those not 2xx, and the connections the server closed (opened again).
+    statuses: dict[str, int] | None = None
+    non_2xx: int | None = None
+    reconnects: int | None = None
+    complaints: str = ""  # h1load's stderr: the first few reasons for its errors
+    client_cpu_s: float = 0.0  # user + system CPU of the load generator itself (wrk or h1load)
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generator, once waited for
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_wrk(url: str, body_file: Path, connections: int, threads: int, seconds: float,
@@ -74,14 +87,63 @@ def run_wrk(url: str, body_file: Path, connections: int, threads: int, seconds: 
             "--timeout", "5s", "-s", str(script), url + CHAT_PATH]
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file),
            "BENCH_EXTRA_HEADERS": "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())}
+    cpu_before = _children_cpu()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    client_cpu = _children_cpu() - cpu_before
     line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
     r = json.loads(line.removeprefix("BENCH_RESULT "))
     errors = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["status_errors"] + r["timeouts"]
     return WrkResult(r["requests"], r["duration_us"] / 1e6, errors, r["p50_us"] / 1000, r["p90_us"] / 1000,
-                     r["p99_us"] / 1000, r["max_us"] / 1000, r["mean_us"] / 1000)
+                     r["p99_us"] / 1000, r["max_us"] / 1000, r["mean_us"] / 1000, client_cpu_s=client_cpu)
+
+
+H1LOAD_SOURCE = HERE / "h1load.c"
+
+
+def build_h1load(directory: Path) -> Path:
+    """Compile bench/h1load.c into `directory` (a second or so; the run directory, so never stale)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler for bench/h1load.c (--forward-proxy): run bench/setup.sh")
+    binary = directory / "h1load"
+    done = subprocess.run([compiler, "-O2", "-o", str(binary), str(H1LOAD_SOURCE), "-lssl", "-lcrypto"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"cannot build bench/h1load.c (OpenSSL's headers: run bench/setup.sh):\n{done.stderr}")
+    return binary
+
+
+def run_h1load(binary: Path, request_file: Path, address: str, connections: int, seconds: float, *,
+               tls_name: str = "", ca_file: Path | None = None, tunnel: str = "") -> WrkResult:
+    """`connections` kept-alive connections to `address`, one request in flight on each, for `seconds`; with
+    `tls_name`, TLS verified against `ca_file`; with `tunnel`, inside a CONNECT to that authority."""
+    argv = [str(binary), "--address", address, "--request", str(request_file), "--connections", str(connections),
+            "--duration", f"{max(seconds, 1):g}", "--timeout", "5"]
+    if tls_name:
+        argv += ["--tls", "--sni", tls_name, "--cafile", str(ca_file)]
+    if tunnel:
+        argv += ["--tunnel", tunnel]
+    cpu_before = _children_cpu()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    client_cpu = _children_cpu() - cpu_before
+    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"h1load failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+    r = json.loads(line.removeprefix("BENCH_RESULT "))
+    non_2xx = r["requests"] - r["ok"]
+    errors = (r["connect_errors"] + r["tunnel_errors"] + r["tls_errors"] + r["read_errors"] + r["write_errors"]
+              + r["timeouts"] + r["parse_errors"] + non_2xx)
+    return WrkResult(r["ok"], r["duration_us"] / 1e6, errors, r["p50_us"] / 1000, r["p90_us"] / 1000,
+                     r["p99_us"] / 1000, r["max_us"] / 1000, r["mean_us"] / 1000,
+                     statuses=r["statuses"], non_2xx=non_2xx, reconnects=r["reconnects"], complaints=done.stderr.strip(), client_cpu_s=client_cpu)
+
+
+def request_file(path: Path, host: str, body: bytes) -> Path:
+    """The whole HTTP/1.1 request h1load sends: chat.lua's method, path, headers and body, with this Host."""
+    path.write_bytes(_request_bytes(host, body, {}))
+    return path
 
 
 def _request_bytes(host: str, body: bytes, extra: dict[str, str]) -> bytes:

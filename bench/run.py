@@ -8,10 +8,14 @@ same wrk parameters and the same chat body, and prints (and saves as JSON):
   - a ~1 MiB chat body through (a) and (b): success and added latency;
   - the ext_proc's RSS before/after a soak (default 60 s) under load;
   - whether each target of the design holds.
+With `--forward-proxy`, also requests through the forward-proxy mode's CONNECT tunnel, kept alive, beside the
+same request sent directly over HTTP and HTTPS to the same gateway, all three by bench/h1load.c (wrk cannot
+send a CONNECT; one client for the three keeps them comparable), as extra rows of the throughput table.
 With `--peers`, also the alternatives users would otherwise run (bench/peers.py: the LiteLLM proxy,
 Portkey's gateway, a minimal FastAPI + httpx proxy), one worker each, against the same upstream with
 the same wrk parameters and body, as extra rows of the throughput table.
-Needs wrk (bench/setup.sh installs it); `--profile` also needs py-spy (bench/setup.sh --profile);
+Needs wrk (bench/setup.sh installs it; `--forward-proxy` also a C compiler and OpenSSL's headers, which it
+installs too); `--profile` also needs py-spy (bench/setup.sh --profile);
 `--peers` needs the peers (bench/peers_setup.sh).
 """
 
@@ -37,7 +41,7 @@ from extproc import envoy_config
 from . import load
 from .procs import Processes, cpu_seconds, machine_busy_seconds, rss_bytes
 from .peers import start_peers
-from .stacks import Target, Upstream, start_gateway, start_plain, start_upstream
+from .stacks import FORWARD_PROXY_HOST, Target, Upstream, forward_proxy_targets, start_gateway, start_plain, start_upstream
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "latest.json"
@@ -87,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--floor", action="store_true",
                    help="also measure bench/floor_extproc.py (constant answers, no decoding) in place of the "
                         "ext_proc: Envoy's own share of (b)")
+    p.add_argument("--forward-proxy", action="store_true",
+                   help="also measure the gateway with the forward-proxy mode: requests inside a CONNECT tunnel to "
+                        f"{FORWARD_PROXY_HOST}:443 on kept-alive connections, beside the same request over plain HTTP "
+                        "and HTTPS, all three with bench/h1load.c (needs a C compiler and OpenSSL's headers: "
+                        "bench/setup.sh)")
     p.add_argument("--peers", action="store_true",
                    help="also measure the LiteLLM proxy, Portkey's gateway and a minimal FastAPI + httpx proxy "
                         "(one worker each; throughput only; install them first with bench/peers_setup.sh)")
@@ -130,15 +139,30 @@ class Bench:
         self.body_file = processes.directory / "chat.json"
         self.body_file.write_bytes(load.chat_body())
         self.upstream: Upstream | None = None  # set once started: counts what reached it
+        self.h1load: Path | None = None  # built with --forward-proxy
+        self.request_files: dict[str, Path] = {}  # h1load's whole request, per target (the Host differs)
 
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    def drive(self, target: Target, connections: int, seconds: float) -> load.WrkResult:
+        """wrk, or for the forward-proxy rows bench/h1load.c, on `target` for `seconds`."""
+        a = self.args
+        if not target.via:
+            return load.run_wrk(target.url, self.body_file, connections, a.wrk_threads, seconds, target.headers)
+        assert self.h1load is not None
+        if target.label not in self.request_files:
+            path = self.processes.directory / f"request-{target.label}.http"
+            self.request_files[target.label] = load.request_file(path, target.host_header, self.body_file.read_bytes())
+        return load.run_h1load(self.h1load, self.request_files[target.label], target.address, connections, seconds,
+                               tls_name=target.tls_name, ca_file=target.ca_file,
+                               tunnel=f"{FORWARD_PROXY_HOST}:443" if target.via == "tunnel" else "")
+
     def point(self, target: Target, connections: int) -> dict[str, Any]:
-        """Warm up, then one measured wrk run; CPU from /proc before and after."""
+        """Warm up, then one measured wrk (or h1load) run; CPU from /proc before and after."""
         a = self.args
         if a.warmup > 0:
-            load.run_wrk(target.url, self.body_file, connections, a.wrk_threads, a.warmup, target.headers)
+            self.drive(target, connections, a.warmup)
         self.processes.check_alive()
         ext_pids = target.extproc.tree() if target.extproc else []
         envoy_pids = [target.envoy.pid] if target.envoy else []
@@ -147,7 +171,7 @@ class Bench:
         peer_before = cpu_seconds(peer_pids)
         upstream_before = self.upstream.ok_responses() if self.upstream else 0
         busy_before = machine_busy_seconds()
-        result = load.run_wrk(target.url, self.body_file, connections, a.wrk_threads, a.duration, target.headers)
+        result = self.drive(target, connections, a.duration)
         ext_cpu, envoy_cpu = cpu_seconds(ext_pids) - ext_before, cpu_seconds(envoy_pids) - envoy_before
         peer_cpu = cpu_seconds(peer_pids) - peer_before
         busy = machine_busy_seconds() - busy_before
@@ -157,6 +181,9 @@ class Bench:
         row = {
             "setup": target.label,
             "peer": target.name or None,
+            "load_generator": "h1load" if target.via else "wrk",
+            # h1load's rows: how the requests reached the gateway ("http", "https", "tunnel": CONNECT, then TLS).
+            "via": target.via or None,
             "extproc_workers": target.workers,
             "connections": connections,
             "requests": result.requests,
@@ -174,14 +201,23 @@ class Bench:
             # 2xx answers of the fake upstream while wrk measured (a few more than `requests`: the
             # requests still in flight when wrk stopped): proof that the requests got there.
             "upstream_2xx": upstream_ok,
+            # The load generator's own CPU (wrk's or h1load's): what the client takes from the two cores.
+            "client_cpu_us_per_req": round(result.client_cpu_s / n * 1e6, 1),
             # Everything on the machine: wrk, the upstream, Envoy, the ext_proc (or the peer).
             "machine_cpu_us_per_req": round(busy / n * 1e6, 1),
         }
+        if target.via:
+            # `requests` and req/s count 2xx answers only; these say what else came back.
+            row.update(non_2xx=result.non_2xx, statuses=result.statuses, reconnects=result.reconnects)
         self.log(f"  {target.label:>3} c={connections:<3} {row['rps']:>9.1f} req/s  p50 {row['p50_ms']:.3f} ms  "
                  f"p99 {row['p99_ms']:.3f} ms  errors {row['errors']}"
                  + (f"  ext_proc {row['extproc_cpu_us_per_req']} us/req" if target.extproc else "")
+                 + f"  client {row['client_cpu_us_per_req']} us/req"
+                 + (f"  statuses {result.statuses} (via {target.via})" if target.via else "")
                  + (f"  {target.name} {row['peer_cpu_us_per_req']} us/req, upstream 2xx {upstream_ok}"
                     if target.peer else ""))
+        if result.complaints:
+            self.log("    h1load: " + result.complaints.replace("\n", "\n    h1load: "))
         return row
 
     def streaming(self, target: Target) -> dict[str, Any]:
@@ -280,6 +316,30 @@ def evaluate(results: dict[str, Any], workers: list[int]) -> list[dict[str, Any]
         if (failover, 1) in rows and (b, 1) in rows:
             added = round(rows[(failover, 1)]["p50_ms"] - rows[(b, 1)]["p50_ms"], 3)
             check(f"a failover (1st member 429) x{n}: p50 added to (b x{n}), 1 connection, ms", added, "report", None)
+        # --forward-proxy: the tunnel against the same request sent directly, both by h1load on the same gateway.
+        direct, https, tunnel = f"d{n}", f"s{n}", f"c{n}"
+        tunnel_rows = [r for r in results["throughput"] if r["setup"] == tunnel]
+        if tunnel_rows:
+            bad = sum(r["errors"] for r in tunnel_rows)  # h1load's errors include every answer that was not 2xx
+            check(f"forward proxy x{n}: requests through the tunnel not answered 2xx, or failed", bad, "== 0", bad == 0)
+            shared = sorted(c for (setup, c) in rows if setup == tunnel and (direct, c) in rows)
+            busy = 16 if 16 in shared else shared[-1] if shared else None
+            if busy is not None:
+                for other, what in ((tunnel, "tunnel"), (https, "HTTPS")):
+                    if (other, busy) in rows:
+                        share = _ratio(rows[(other, busy)]["rps"], rows[(direct, busy)]["rps"])
+                        check(f"forward proxy x{n}: {what} / direct HTTP (same client), {busy} connections, req/s",
+                              share, "report", None)
+                # Beside plain HTTP: TLS and the tunnel; beside HTTPS: the tunnel's own hop (CONNECT, internal listener).
+                for other, what in ((direct, "direct HTTP"), (https, "HTTPS")):
+                    if (other, busy) in rows:
+                        added = round(rows[(tunnel, busy)]["envoy_cpu_us_per_req"]
+                                      - rows[(other, busy)]["envoy_cpu_us_per_req"], 1)
+                        check(f"forward proxy x{n}: Envoy CPU, tunnel - {what}, {busy} connections, us/req",
+                              added, "report", None)
+            if 1 in shared:
+                added = round(rows[(tunnel, 1)]["p50_ms"] - rows[(direct, 1)]["p50_ms"], 3)
+                check(f"forward proxy x{n}: p50 added by the tunnel, 1 connection, ms", added, "report", None)
     for n in workers:
         b, x = f"b{n}", f"(b x{n})"
         if ("a", 16) in rows and (b, 16) in rows:
@@ -351,6 +411,12 @@ def _setup_name(label: str, workers: int) -> str:
         return f"b: pool, 1st member 429 x{workers}"
     if label.startswith("k"):
         return f"b: client keys x{workers}"
+    if label.startswith("d"):
+        return f"b+fwd proxy: direct HTTP (h1load) x{workers}"
+    if label.startswith("s"):
+        return f"b+fwd proxy: HTTPS (h1load) x{workers}"
+    if label.startswith("c"):
+        return f"b+fwd proxy: CONNECT tunnel (h1load) x{workers}"
     return f"b: + ext_proc x{workers}"
 
 
@@ -382,19 +448,29 @@ def report(results: dict[str, Any]) -> str:
     a_rows = {r["connections"]: r for r in results["throughput"] if r["setup"] == "a"}
     # The peers' column only when they ran: without --peers the table stays as it was.
     with_peers = any(r.get("peer") for r in results["throughput"])
+    # The load generator's own CPU where two of them are in the table (--forward-proxy's h1load beside wrk).
+    with_client = any(r.get("via") for r in results["throughput"])
     rows = []
     for r in results["throughput"]:
-        base = a_rows.get(r["connections"])
+        # h1load's rows are compared with each other (in the targets), not with wrk's (a): another client.
+        base = a_rows.get(r["connections"]) if r.get("load_generator", "wrk") == "wrk" else None
         ratio = _ratio(r["rps"], base["rps"]) if base and r["setup"] != "a" else None
         added = r["p50_ms"] - base["p50_ms"] if base and r["setup"] != "a" else None
         rows.append([str(r["connections"]), r.get("peer") or _setup_name(r["setup"], r["extproc_workers"]),
                      _fmt(r["rps"], 0), _fmt(r["p50_ms"], 3), _fmt(r["p99_ms"], 3), str(r["errors"]), _fmt(ratio),
                      _fmt(added, 3), _fmt(r["extproc_cpu_us_per_req"], 0), _fmt(r["envoy_cpu_us_per_req"], 0),
                      *([_fmt(r.get("peer_cpu_us_per_req"), 0)] if with_peers else []),
+                     *([_fmt(r.get("client_cpu_us_per_req"), 0)] if with_client else []),
                      _fmt(r["machine_cpu_us_per_req"], 0)])
     out.append(_table(["conns", "setup", "req/s", "p50 ms", "p99 ms", "errors", "ratio b/a", "p50 +ms",
                        "ext_proc CPU us/req", "Envoy CPU us/req", *(["peer CPU us/req"] if with_peers else []),
-                       "all CPU us/req"], rows))
+                       *(["client CPU us/req"] if with_client else []), "all CPU us/req"], rows))
+    if any(r.get("via") for r in results["throughput"]):
+        out.append(f"b+fwd proxy (--forward-proxy): the gateway with forward_proxy on, loaded by bench/h1load.c (wrk "
+                   f"cannot CONNECT) on kept-alive connections: plain HTTP; HTTPS to its HTTPS listener; and "
+                   f"CONNECT {FORWARD_PROXY_HOST}:443 to its HTTP listener, then TLS inside. req/s counts 2xx "
+                   f"answers only; errors include every other answer. Compare these rows with each other, not with "
+                   f"wrk's (the targets give their ratios).")
     if results.get("peers"):
         out.append(_peers_note(results["peers"]))
     if results.get("streaming"):
@@ -446,12 +522,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "body_bytes": len(load.chat_body()), "streams": args.streams, "sse_chunks": args.sse_chunks,
             "sse_interval_ms": args.sse_interval_ms, "large_body_bytes": len(load.chat_body(args.large_body_bytes)),
             "large_body_requests": args.large_body_requests, "soak_s": args.soak, "peers": args.peers,
+            "forward_proxy": args.forward_proxy,
         },
         "throughput": [], "streaming": [], "large_body": [], "soak": None, "profile": None, "peers": [],
     }
     try:
         bench = Bench(args, processes)
         bench.log(f"run directory: {directory}")
+        if args.forward_proxy:
+            bench.h1load = load.build_h1load(directory)
         upstream = start_upstream(processes, args.upstream_concurrency, args.sse_chunks, args.sse_interval_ms)
         bench.upstream = upstream
         targets = [start_plain(processes, upstream.url, args.envoy_concurrency)]
@@ -461,15 +540,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if flag:
                 targets += [start_gateway(processes, upstream.url, n, args.envoy_concurrency, variant)
                             for n in workers]
+        tunnelled: list[Target] = []  # --forward-proxy: h1load's rows, throughput only
+        if args.forward_proxy:
+            for n in workers:
+                tunnelled += forward_proxy_targets(
+                    start_gateway(processes, upstream.url, n, args.envoy_concurrency, "x"))
         peers: list[Target] = []
         if args.peers:
             bench.log("peers:")
             peers, results["peers"] = start_peers(processes, upstream, bench.body_file.read_bytes(), bench.log)
-        bench.log("throughput (a, then b with each process count" + (", then the peers" if peers else "")
-                  + ", per connection count):")
+        bench.log("throughput (a, then b with each process count" + (", then the forward proxy's" if tunnelled else "")
+                  + (", then the peers" if peers else "") + ", per connection count):")
         for c in connections:
-            # The peers only here: streaming, the large body and the soak are about (a) and (b).
-            for target in targets + peers:
+            # The forward proxy's and the peers only here: streaming, the large body and the soak are about (a) and (b).
+            for target in targets + tunnelled + peers:
                 results["throughput"].append(bench.point(target, c))
         if args.streams > 0:
             bench.log("streaming:")

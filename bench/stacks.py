@@ -5,6 +5,9 @@ project's stack (b: Envoy + the ext_proc workers), all on free loopback ports (t
 (a) is the project's own rendered Envoy config with the ext_proc filter removed and one route to
 the upstream: the same listener, access log, buffer limit and connection settings, so the
 difference between (a) and (b) is the Python hop and nothing else.
+
+With `--forward-proxy`, (b) once more with the forward-proxy mode on and an HTTPS listener, loaded by
+bench/h1load.c three ways (`forward_proxy_targets`): plain HTTP, HTTPS, and HTTPS inside a CONNECT tunnel.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ REPO = HERE.parent
 SERVER_API_KEY = "bench-azure-key"
 BENCH_CLIENT_KEY = "sk-bench-client-key"  # what bench/chat.lua sends as its Bearer token
 MODEL_MAP = {"gpt-4o": "prod-chat"}
+FORWARD_PROXY_HOST = "api.openai.com"  # the host the tunnel rows CONNECT to (`--forward-proxy`)
 API_VERSION = DEFAULT_API_VERSION  # what the gateway sends upstream (_gateway_config sets none)
 
 
@@ -47,6 +51,15 @@ class Target:
     peer: Proc | None = None  # a peer's own process (bench/peers.py), with its workers
     name: str = ""  # a peer's name and version, for the report
     headers: dict[str, str] = field(default_factory=dict)  # sent by wrk beside chat.lua's
+    # Loaded by bench/h1load.c instead of wrk (`--forward-proxy`): "http", "https" or "tunnel" (CONNECT, then TLS).
+    via: str = ""
+    address: str = ""  # h1load: the host:port it connects to (the gateway's listener)
+    tls_name: str = ""  # h1load: the SNI and the name the certificate must carry
+    ca_file: Path | None = None  # h1load: the CA that signed that certificate
+    host_header: str = ""  # h1load: the request's Host
+    # A gateway with the forward-proxy mode: its HTTPS port and state directory (the CAs are in it).
+    https_port: int | None = None
+    state_dir: Path | None = None
 
 
 @dataclass
@@ -92,7 +105,7 @@ def start_upstream(processes: Processes, concurrency: int, sse_chunks: int, sse_
 
 
 def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrency: int,
-                    pool: str | None = None) -> tuple[Path, dict[str, Any]]:
+                    pool: str | None = None, forward_proxy: bool = False) -> tuple[Path, dict[str, Any]]:
     models: dict[str, Any] = dict(MODEL_MAP)
     backends = {}
     if pool in ("p", "t"):
@@ -110,7 +123,10 @@ def _gateway_config(directory: Path, upstream_url: str, workers: int, concurrenc
                                   "requests_per_minute": 6_000_000}]}} if pool == "k" else {}),
         # "t" measures a failover on every request: the breaker must not take the 429ing member out.
         **({"circuit_breaker": {"failures": 1000, "interval_seconds": 0.001}} if pool == "t" else {}),
-        "listen": {"address": "127.0.0.1", "http_port": free_port(), "https_port": None},
+        "listen": {"address": "127.0.0.1", "http_port": free_port(), "https_port": free_port() if forward_proxy else None},
+        # "x": the forward-proxy mode (CONNECT api.openai.com:443 on the HTTP listener), beside direct HTTPS
+        # (the development CA's certificate) for the same requests with the same TLS and no tunnel.
+        **({"forward_proxy": {"enabled": True, "hosts": [FORWARD_PROXY_HOST]}} if forward_proxy else {}),
         "envoy": {"admin_port": free_port(), "concurrency": concurrency},
         "metrics": {"port": free_port()},
         "extproc": {"workers": workers, "socket_dir": str(directory / "run")},
@@ -159,8 +175,9 @@ def start_plain(processes: Processes, upstream_url: str, concurrency: int) -> Ta
 # With --pool: "p", the model served by a pool of two healthy members (both the fake upstream), and
 # "t", a pool whose first-priority member always answers 429 (every request fails over once: the
 # breaker is set never to trip, else after three 429s no request would try that member).
+# With --forward-proxy: "x", the forward-proxy mode and an HTTPS listener (forward_proxy_targets).
 VARIANTS = {"b": "ext_proc", "g": "ext_proc on grpcio", "f": "floor server", "p": "pool of 2",
-            "t": "pool, first member 429", "k": "client keys"}
+            "t": "pool, first member 429", "k": "client keys", "x": "forward proxy"}
 
 
 def start_gateway(processes: Processes, upstream_url: str, workers: int, concurrency: int,
@@ -168,7 +185,8 @@ def start_gateway(processes: Processes, upstream_url: str, workers: int, concurr
     """(b) the project's stack, started as `python -m extproc up` starts it."""
     name = f"{variant}{workers}"
     directory = processes.directory / f"gateway-{name}"
-    path, raw = _gateway_config(directory, upstream_url, workers, concurrency, pool=variant if variant in "ptk" else None)
+    path, raw = _gateway_config(directory, upstream_url, workers, concurrency, pool=variant if variant in "ptk" else None,
+                                forward_proxy=variant == "x")
     settings = load_settings(path, env={})
     env = _clean_env()
     sockets = settings.socket_paths()
@@ -186,4 +204,23 @@ def start_gateway(processes: Processes, upstream_url: str, workers: int, concurr
     envoy = processes.start(f"envoy-{name}", _envoy_argv(rendered, concurrency), env=env, stdout=Path(os.devnull))
     admin = raw["envoy"]["admin_port"]
     wait_until(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), processes, "the gateway's Envoy")
-    return Target(name, f"http://127.0.0.1:{raw['listen']['http_port']}", envoy, extproc, workers)
+    return Target(name, f"http://127.0.0.1:{raw['listen']['http_port']}", envoy, extproc, workers,
+                  https_port=raw["listen"]["https_port"], state_dir=settings.state_path)
+
+
+def forward_proxy_targets(gateway: Target) -> list[Target]:
+    """What h1load measures on a forward-proxy gateway ("x"), the same request each way: "d", plain HTTP to its
+    listener (the direct row, from the same client); "s", HTTPS to its HTTPS listener (TLS without a tunnel);
+    "c", `CONNECT api.openai.com:443` to the HTTP listener, then TLS inside with the forward-proxy CA's leaf."""
+    assert gateway.https_port is not None and gateway.state_dir is not None
+    http = gateway.url.removeprefix("http://")
+    common = {"envoy": gateway.envoy, "extproc": gateway.extproc, "workers": gateway.workers}
+    n = gateway.workers
+    return [
+        Target(f"d{n}", gateway.url, via="http", address=http, host_header=http, **common),
+        Target(f"s{n}", f"https://127.0.0.1:{gateway.https_port}", via="https",
+               address=f"127.0.0.1:{gateway.https_port}", tls_name="localhost",
+               ca_file=gateway.state_dir / "tls" / "ca.crt", host_header=f"localhost:{gateway.https_port}", **common),
+        Target(f"c{n}", f"https://{FORWARD_PROXY_HOST}", via="tunnel", address=http, tls_name=FORWARD_PROXY_HOST,
+               ca_file=gateway.state_dir / "forward-proxy" / "ca.crt", host_header=FORWARD_PROXY_HOST, **common),
+    ]
