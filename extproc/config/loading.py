@@ -23,6 +23,7 @@ def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
         (raw.get("azure"), ("api_key_file", "ca_file")),
         (raw.get("listen"), ("tls_cert_file", "tls_key_file")),
         (raw.get("extproc"), ("socket_dir",)),
+        (raw.get("forward_proxy"), ("ca_cert_file", "ca_key_file")),
     ]
     backends = raw.get("backends")
     if isinstance(backends, dict):

@@ -81,6 +81,42 @@ def _permits_exactly(cert: x509.Certificate, hosts: Sequence[str]) -> bool:
     return permitted == set(hosts) and excluded == {"." + host for host in hosts}
 
 
+def _check_operator_ca(cert: x509.Certificate, path: Path, hosts: Sequence[str], now: dt.datetime) -> None:
+    """An operator's CA that clients would refuse for an intercepted host is refused at start (else the gateway
+    runs and every tunnelled request fails its TLS check): not a CA, expired, or name constraints leaving a host
+    out. One without name constraints works, with a warning."""
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ValueError(f"{path} is not a CA certificate (BasicConstraints CA:TRUE)")
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        raise ValueError(f"{path} is not valid now (from {cert.not_valid_before_utc} to {cert.not_valid_after_utc})")
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        log.warning("%s carries no name constraints: its key can sign for any site (a name-constrained CA, like "
+                    "the one the gateway makes, cannot)", path)
+        return
+    permitted = [n.value for n in constraints.permitted_subtrees or [] if isinstance(n, x509.DNSName)]
+    excluded = [n.value for n in constraints.excluded_subtrees or [] if isinstance(n, x509.DNSName)]
+    refused = [host for host in hosts if (constraints.permitted_subtrees and not any(
+        _in_subtree(host, name) for name in permitted)) or any(_in_subtree(host, name) for name in excluded)]
+    if refused:
+        raise ValueError(f"{path}'s name constraints do not permit {', '.join(refused)}: clients would refuse the "
+                         "certificate for it (forward_proxy.hosts)")
+
+
+def _in_subtree(host: str, name: str) -> bool:
+    """RFC 5280 DNS name constraint matching as OpenSSL does it: `name` covers itself and its subdomains, a
+    leading dot (`.example.com`) only the subdomains; an empty name covers every host."""
+    name = name.lower()
+    if name.startswith("."):
+        return host.endswith(name)
+    return not name or host == name or host.endswith("." + name)
+
+
 def _names_of(cert: x509.Certificate) -> list[str]:
     try:
         return sorted(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
@@ -115,6 +151,7 @@ def ensure_proxy_certificates(directory: Path, hosts: Sequence[str], ca_cert_fil
         ca_key: SigningKey = loaded
         if ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers():
             raise ValueError(f"{ca_key_file} is not the key of {ca_cert_file}")
+        _check_operator_ca(ca_cert, ca_cert_file, hosts, now)
         paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     else:
         existing = _load(paths.ca_cert)

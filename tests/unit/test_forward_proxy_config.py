@@ -138,3 +138,9 @@ def test_with_client_keys_the_connect_is_checked_by_the_ext_proc(tmp_path: Path)
     assert "'disabled': True" in rest and "'3.5s'" in rest  # a CONNECT elsewhere is refused without asking
     names, rest = connect_filters("")
     assert names == ["set_filter_state", "router"] and rest == "None[]"
+
+
+def test_an_operators_ca_files_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = settings(tmp_path, "forward_proxy: {enabled: true, ca_cert_file: ca/ca.crt, ca_key_file: ca/ca.key}\n")
+    assert config.forward_proxy.ca_cert_file == tmp_path / "ca" / "ca.crt"
+    assert config.forward_proxy.ca_key_file == tmp_path / "ca" / "ca.key"

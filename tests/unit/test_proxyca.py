@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from extproc.envoy_config.devtls import pem_key
+from extproc.envoy_config.devtls import make_ca, pem_key
 from extproc.envoy_config.proxyca import _make_ca, _make_leaf, ensure_proxy_certificates, system_roots
 
 HOSTS = ["api.openai.com"]
@@ -106,3 +106,62 @@ def test_a_leaf_from_another_ca_is_replaced(tmp_path: Path) -> None:
     certs.leaf_cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))  # same subject names, other CA
     ensure_proxy_certificates(tmp_path, HOSTS)
     handshake(certs.leaf_cert, certs.leaf_key, certs.ca_cert, "api.openai.com")
+
+
+def _operator_ca(tmp_path: Path, key: ec.EllipticCurvePrivateKey, ca: x509.Certificate) -> tuple[Path, Path]:
+    ca_file, key_file = tmp_path / "operator-ca.crt", tmp_path / "operator-ca.key"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(pem_key(key))
+    return ca_file, key_file
+
+
+def _constrained(permitted: list[str] | None, excluded: list[str] | None) -> tuple[x509.ExtensionType, bool]:
+    return x509.NameConstraints(permitted_subtrees=[x509.DNSName(n) for n in permitted] if permitted else None,
+                                excluded_subtrees=[x509.DNSName(n) for n in excluded] if excluded else None), True
+
+
+@pytest.mark.parametrize(("permitted", "excluded", "refused"), [
+    (["api.openai.com"], None, "api.example.org"),  # one name of two
+    (["openai.com"], [".openai.com"], "api.example.org, api.openai.com"),  # subdomains excluded
+    (["example.org", "openai.com"], ["api.example.org"], "api.example.org"),
+    ([".openai.com", ".example.org"], None, None),  # subdomains only: both hosts are subdomains
+    (["openai.com", "example.org"], ["chat.openai.com"], None),
+])
+def test_an_operators_ca_must_permit_every_host(tmp_path: Path, permitted: list[str] | None, excluded: list[str] | None,
+                                                 refused: str | None) -> None:
+    """A CA whose constraints leave a host out is refused at start (clients would refuse its certificate: the
+    handshake shows it), one that permits them all signs the leaf."""
+    hosts = ["api.openai.com", "api.example.org"]
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_file, key_file = _operator_ca(tmp_path, *make_ca("operator", now, (_constrained(permitted, excluded),)))
+    if refused is None:
+        certs = ensure_proxy_certificates(tmp_path / "state", hosts, ca_file, key_file)
+        for host in hosts:
+            handshake(certs.leaf_cert, certs.leaf_key, ca_file, host)
+        return
+    with pytest.raises(ValueError, match="do not permit " + refused):
+        ensure_proxy_certificates(tmp_path / "state", hosts, ca_file, key_file)
+    # What clients would have done with it: the same leaf, signed without the check, refused.
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    leaf_key, leaf = _make_leaf(key, ca, hosts, now)  # type: ignore[arg-type]
+    (tmp_path / "leaf.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.key").write_bytes(pem_key(leaf_key))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(tmp_path / "leaf.crt", tmp_path / "leaf.key", ca_file, refused.split(", ")[-1])
+
+
+def test_an_operators_certificate_that_is_no_ca_or_expired_is_refused(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    key, ca = make_ca("operator", now - dt.timedelta(days=20 * 365))  # expired long ago
+    with pytest.raises(ValueError, match="is not valid now"):
+        ensure_proxy_certificates(tmp_path / "state", HOSTS, *_operator_ca(tmp_path, key, ca))
+    key, _ca = make_ca("operator", now)
+    _leaf_key, leaf = _make_leaf(key, _ca, HOSTS, now)
+    with pytest.raises(ValueError, match="is not a CA"):
+        ensure_proxy_certificates(tmp_path / "state", HOSTS, *_operator_ca(tmp_path, _leaf_key, leaf))
+    # No name constraints: works (it is the operator's CA), with a warning.
+    certs = ensure_proxy_certificates(tmp_path / "state", HOSTS, *_operator_ca(tmp_path, key, _ca))
+    handshake(certs.leaf_cert, certs.leaf_key, tmp_path / "operator-ca.crt", "api.openai.com")
+    assert "carries no name constraints" in caplog.text
