@@ -58,7 +58,9 @@ def forward_proxy_notice(settings: Settings) -> str | None:
         return None
     directory = settings.forward_proxy_dir
     host = "127.0.0.1" if settings.listen.address in ("0.0.0.0", "::") else settings.listen.address
-    proxy = f"http://{host}:{settings.listen.http_port}" if settings.listen.http_port else "(an http_port is needed)"
+    # With client keys the CONNECT needs one too: in the proxy URL (clients send it as Proxy-Authorization).
+    userinfo = "NAME:KEY@" if settings.clients.keys else ""
+    proxy = f"http://{userinfo}{host}:{settings.listen.http_port}" if settings.listen.http_port else "(an http_port is needed)"
     return (f"Forward proxy for {', '.join(options.hosts)}: its CA is {directory / 'ca.crt'}; apps set\n"
             f"  HTTPS_PROXY={proxy} SSL_CERT_FILE={directory / 'bundle.pem'} (system roots + that CA)\n"
             f"  and NO_PROXY for their other destinations (see the README's Forward-proxy mode)")

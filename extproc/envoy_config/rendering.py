@@ -256,6 +256,9 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
                 for route in other["routes"]:
                     if "connect_matcher" in route["match"]:
                         route.pop("typed_per_filter_config", None)
+        # Python 3.11's http.client (requests, urllib) sends its CONNECT as HTTP/1.0, which Envoy refuses (426)
+        # unless told otherwise.
+        hcm.setdefault("http_protocol_options", {})["accept_http_10"] = True
         # A tunnel is no API request: its CONNECT (logged when established and when closed) is not counted.
         for log in _usage_loggers(hcm):
             log["filter"] = {"header_filter": {"header": {
@@ -272,6 +275,7 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
     inner_hcm["stat_prefix"] = "forward_proxy"
     inner_hcm.pop("upgrade_configs", None)
     inner_hcm.pop("access_log_options", None)
+    inner_hcm.pop("http_protocol_options", None)  # HTTP/1.0 only for the CONNECT
     for log in _usage_loggers(inner_hcm):  # no CONNECT inside
         del log["filter"]
     inner_hcm["route_config"]["virtual_hosts"] = [v for v in inner_hcm["route_config"]["virtual_hosts"]

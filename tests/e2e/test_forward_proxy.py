@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -298,3 +299,27 @@ def test_a_tunnel_is_not_counted_as_a_request(keyed: Gateway, monkeypatch: pytes
         time.sleep(0.05)
     time.sleep(0.5)  # the CONNECT lines, had they been sent, would be in by now
     assert counted() == before + 1
+
+
+def test_an_http_1_0_connect_opens_the_tunnel_too(proxied: Gateway, azure: EmulatorThread) -> None:
+    """Python up to 3.11 sends its CONNECT as HTTP/1.0 (http.client: requests, urllib); Envoy refuses that with 426
+    unless told: the mode tells it, for the CONNECT only (inside the tunnel, HTTP/1.1 or HTTP/2)."""
+    port = int(proxied.http_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"CONNECT api.openai.com:443 HTTP/1.0\r\n\r\n")
+        head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+        context = ssl.create_default_context(cafile=str(bundle(proxied)))
+        with context.wrap_socket(sock, server_hostname="api.openai.com") as tls:
+            tls.sendall(f"GET /v1/models HTTP/1.0\r\nHost: api.openai.com\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\r\n".encode())
+            assert tls.recv(4096).startswith(b"HTTP/1.1 426")  # inside: no HTTP/1.0
+    # The standard library's client, whatever its CONNECT's version.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"https": proxied.http_url}),
+                                         urllib.request.HTTPSHandler(context=ssl.create_default_context(
+                                             cafile=str(bundle(proxied)))))
+    request = urllib.request.Request("https://api.openai.com/v1/chat/completions", method="POST",
+                                     data=json.dumps({"model": "gpt-4o", "messages": MESSAGES}).encode(),
+                                     headers={"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"})
+    with opener.open(request, timeout=10) as answer:
+        assert json.loads(answer.read())["choices"][0]["message"]["content"] == "Echo: through the tunnel"
+    assert azure.last().headers["api-key"] == SERVER_KEY

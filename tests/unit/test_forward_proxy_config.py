@@ -51,7 +51,7 @@ def test_a_ca_needs_its_key(tmp_path: Path) -> None:
 def test_off_renders_none_of_it(tmp_path: Path) -> None:
     text = orjson.dumps(envoy_config.render(settings(tmp_path), None)).decode()
     for piece in ("forward_proxy", "internal_listener", "upgrade_configs", "connect_matcher",
-                  "flush_log_on_tunnel_successfully_established", "aoai.tunnel"):
+                  "flush_log_on_tunnel_successfully_established", "aoai.tunnel", "accept_http_10"):
         assert piece not in text, piece
 
 
@@ -70,6 +70,8 @@ def test_on_every_piece_is_rendered_and_envoy_accepts_it(tmp_path: Path) -> None
     assert [u["upgrade_type"] for u in hcm["upgrade_configs"]] == ["CONNECT"]
     inner_hcm = chain["filters"][0]["typed_config"]
     assert "upgrade_configs" not in inner_hcm  # a CONNECT inside a tunnel is refused
+    assert hcm["http_protocol_options"] == {"accept_http_10": True}  # Python 3.11's CONNECT
+    assert "http_protocol_options" not in inner_hcm
     assert [v["name"] for v in inner_hcm["route_config"]["virtual_hosts"]] == ["openai"]
     # The browser guard lets the intercepted Hosts in: inside the tunnel, and on the listener (HTTP_PROXY requests).
     assert "api\\\\.openai\\\\.com" in orjson.dumps(inner_hcm["http_filters"]).decode()
@@ -144,3 +146,12 @@ def test_an_operators_ca_files_are_relative_to_the_config_file(tmp_path: Path) -
     config = settings(tmp_path, "forward_proxy: {enabled: true, ca_cert_file: ca/ca.crt, ca_key_file: ca/ca.key}\n")
     assert config.forward_proxy.ca_cert_file == tmp_path / "ca" / "ca.crt"
     assert config.forward_proxy.ca_key_file == tmp_path / "ca" / "ca.key"
+
+
+def test_up_tells_apps_what_to_set(tmp_path: Path) -> None:
+    assert envoy_config.forward_proxy_notice(settings(tmp_path)) is None
+    notice = envoy_config.forward_proxy_notice(settings(tmp_path, "forward_proxy: {enabled: true}\n"))
+    assert notice is not None
+    assert f"HTTPS_PROXY=http://127.0.0.1:8080 SSL_CERT_FILE={tmp_path / 'state' / 'forward-proxy' / 'bundle.pem'}" in notice
+    keyed = envoy_config.forward_proxy_notice(settings(tmp_path, "forward_proxy: {enabled: true}\n" + KEYS))
+    assert keyed is not None and "HTTPS_PROXY=http://NAME:KEY@127.0.0.1:8080 " in keyed
