@@ -323,3 +323,18 @@ def test_an_http_1_0_connect_opens_the_tunnel_too(proxied: Gateway, azure: Emula
     with opener.open(request, timeout=10) as answer:
         assert json.loads(answer.read())["choices"][0]["message"]["content"] == "Echo: through the tunnel"
     assert azure.last().headers["api-key"] == SERVER_KEY
+
+
+@pytest.mark.parametrize("target", ["api.openai.com:443", "example.com:443", "127.0.0.1:8080"])
+def test_a_connect_inside_the_tunnel_is_refused(proxied: Gateway, azure: EmulatorThread, target: str) -> None:
+    """No tunnel in a tunnel: the connection manager inside has no CONNECT upgrade."""
+    before = len(azure.requests())
+    sock, head = _connect(proxied, "api.openai.com:443")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    context = ssl.create_default_context(cafile=str(bundle(proxied)))
+    context.set_alpn_protocols(["http/1.1"])
+    with context.wrap_socket(sock, server_hostname="api.openai.com") as tls:
+        tls.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\r\n".encode())
+        answer = tls.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 4"), answer
+    assert len(azure.requests()) == before
