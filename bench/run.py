@@ -398,26 +398,18 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# Each setup's label starts with its letter; "a" is Envoy alone, any other letter the gateway ("b").
+SETUP_NAMES = {
+    "g": "b on grpcio", "f": "floor: constant server", "p": "b: pool of 2", "t": "b: pool, 1st member 429",
+    "k": "b: client keys", "d": "b+fwd proxy: direct HTTP (h1load)", "s": "b+fwd proxy: HTTPS (h1load)",
+    "c": "b+fwd proxy: CONNECT tunnel (h1load)",
+}
+
+
 def _setup_name(label: str, workers: int) -> str:
     if label == "a":
         return "a: Envoy alone"
-    if label.startswith("g"):
-        return f"b on grpcio x{workers}"
-    if label.startswith("f"):
-        return f"floor: constant server x{workers}"
-    if label.startswith("p"):
-        return f"b: pool of 2 x{workers}"
-    if label.startswith("t"):
-        return f"b: pool, 1st member 429 x{workers}"
-    if label.startswith("k"):
-        return f"b: client keys x{workers}"
-    if label.startswith("d"):
-        return f"b+fwd proxy: direct HTTP (h1load) x{workers}"
-    if label.startswith("s"):
-        return f"b+fwd proxy: HTTPS (h1load) x{workers}"
-    if label.startswith("c"):
-        return f"b+fwd proxy: CONNECT tunnel (h1load) x{workers}"
-    return f"b: + ext_proc x{workers}"
+    return f"{SETUP_NAMES.get(label[:1], 'b: + ext_proc')} x{workers}"
 
 
 def _peers_note(peers: list[dict[str, Any]]) -> str:

@@ -91,6 +91,12 @@ def _check_operator_ca(cert: x509.Certificate, path: Path, hosts: Sequence[str],
         is_ca = False
     if not is_ca:
         raise ValueError(f"{path} is not a CA certificate (BasicConstraints CA:TRUE)")
+    try:
+        signs = cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        signs = True  # no KeyUsage: any use
+    if not signs:
+        raise ValueError(f"{path} may not sign certificates (its KeyUsage lacks keyCertSign)")
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
         raise ValueError(f"{path} is not valid now (from {cert.not_valid_before_utc} to {cert.not_valid_after_utc})")
     try:
@@ -101,8 +107,9 @@ def _check_operator_ca(cert: x509.Certificate, path: Path, hosts: Sequence[str],
         return
     permitted = [n.value for n in constraints.permitted_subtrees or [] if isinstance(n, x509.DNSName)]
     excluded = [n.value for n in constraints.excluded_subtrees or [] if isinstance(n, x509.DNSName)]
-    refused = [host for host in hosts if (constraints.permitted_subtrees and not any(
-        _in_subtree(host, name) for name in permitted)) or any(_in_subtree(host, name) for name in excluded)]
+    # Constraints hold per name type: with no DNS name permitted (only IPs, say), DNS names are not constrained.
+    refused = [host for host in hosts if (permitted and not any(_in_subtree(host, name) for name in permitted))
+               or any(_in_subtree(host, name) for name in excluded)]
     if refused:
         raise ValueError(f"{path}'s name constraints do not permit {', '.join(refused)}: clients would refuse the "
                          "certificate for it (forward_proxy.hosts)")

@@ -257,12 +257,15 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
                     if "connect_matcher" in route["match"]:
                         route.pop("typed_per_filter_config", None)
         # Python 3.11's http.client (requests, urllib) sends its CONNECT as HTTP/1.0, which Envoy refuses (426)
-        # unless told otherwise.
+        # unless told otherwise (then any HTTP/1.0 request on the listeners is served, as an HTTP/1.1 one is).
         hcm.setdefault("http_protocol_options", {})["accept_http_10"] = True
-        # A tunnel is no API request: its CONNECT (logged when established and when closed) is not counted.
+        # A tunnel is no API request: its CONNECT (logged when established and when closed) is not counted; a refused
+        # one (403 elsewhere, 407 without a key) is, like any refusal.
         for log in _usage_loggers(hcm):
-            log["filter"] = {"header_filter": {"header": {
-                "name": ":method", "string_match": {"exact": "CONNECT"}, "invert_match": True}}}
+            log["filter"] = {"or_filter": {"filters": [
+                {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}, "invert_match": True}}},
+                {"status_code_filter": {"comparison": {"op": "GE", "value": {
+                    "default_value": 300, "runtime_key": "aoai_gateway.unused_refused_connect"}}}}]}}
         # The browser guard's Host rule admits the intercepted names: inside a tunnel, and on the listeners for
         # plain-HTTP proxy requests (`HTTP_PROXY`, absolute form). No page can rebind a name it does not own.
         for http_filter in hcm["http_filters"]:
@@ -275,7 +278,9 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
     inner_hcm["stat_prefix"] = "forward_proxy"
     inner_hcm.pop("upgrade_configs", None)
     inner_hcm.pop("access_log_options", None)
-    inner_hcm.pop("http_protocol_options", None)  # HTTP/1.0 only for the CONNECT
+    inner_hcm["http_protocol_options"].pop("accept_http_10")  # HTTP/1.0 only on the listeners (the CONNECT's)
+    if not inner_hcm["http_protocol_options"]:
+        del inner_hcm["http_protocol_options"]
     for log in _usage_loggers(inner_hcm):  # no CONNECT inside
         del log["filter"]
     inner_hcm["route_config"]["virtual_hosts"] = [v for v in inner_hcm["route_config"]["virtual_hosts"]

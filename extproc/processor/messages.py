@@ -72,7 +72,8 @@ def request_head(headers: pb.HttpHeaders) -> RequestHead:
         elif key == IMAGE_DEPLOYMENT_HEADER:  # twice: both reach Azure, so both are checked (a list is no name)
             image_deployment = image_deployment + "," + value if image_deployment else value
         elif key == "proxy-authorization":  # only a CONNECT's reaches here (forward-proxy mode)
-            proxy_authorization = value
+            # Twice: neither is taken (joined, they are no credential: 407), whichever comes first.
+            proxy_authorization = proxy_authorization + "," + value if proxy_authorization else value
     return RequestHead(method, path, content_type, authorization, api_key, not headers.end_of_stream, content_length,
                        image_deployment, proxy_authorization)
 

@@ -25,16 +25,21 @@ from .conftest import CLIENT_KEY, SERVER_KEY, EmulatorThread, Gateway, start_gat
 MESSAGES = [{"role": "user", "content": "through the tunnel"}]
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Gateway]:
-    gw = start_gateway(tmp_path_factory.mktemp("forward"), azure.url, upstream_pki.ca_cert,
-                       forward_proxy="{enabled: true}")
+def running(directory: Path, azure: EmulatorThread, ca_file: Path, secrets: tuple[str, ...], *,
+            env: dict[str, str] | None = None, **sections: str) -> Iterator[Gateway]:
+    """A gateway in forward-proxy mode for a module's tests; none of `secrets` in anything it printed."""
+    gw = start_gateway(directory, azure.url, ca_file, env=env, forward_proxy="{enabled: true}", **sections)
     try:
         yield gw
     finally:
         stop_gateway(gw)
     output = gw.log.read_text()
-    assert CLIENT_KEY not in output and SERVER_KEY not in output
+    assert not [secret for secret in secrets if secret in output]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Gateway]:
+    yield from running(tmp_path_factory.mktemp("forward"), azure, upstream_pki.ca_cert, (CLIENT_KEY, SERVER_KEY))
 
 
 def access_log(gateway: Gateway, *wanted: Callable[[dict], bool]) -> list[dict]:
@@ -199,15 +204,10 @@ APP_KEY = "sk-aoai-e2e-forward-app"
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, azure: EmulatorThread, upstream_pki) -> Iterator[Gateway]:
     """With client keys: a CONNECT needs one in its Proxy-Authorization, and each request inside needs its own."""
-    gw = start_gateway(tmp_path_factory.mktemp("forward-keys"), azure.url, upstream_pki.ca_cert,
-                       forward_proxy="{enabled: true}", clients="{keys: [{name: app, key_env: APP_KEY}]}",
-                       env={"APP_KEY": APP_KEY})
-    try:
-        yield gw
-    finally:
-        stop_gateway(gw)
-    output = gw.log.read_text()
-    assert APP_KEY not in output and SERVER_KEY not in output
+    secrets = (APP_KEY, SERVER_KEY, *(base64.b64encode(text.encode()).decode()  # the Proxy-Authorizations sent
+                                      for text in (f"app:{APP_KEY}", f"anyone:{APP_KEY}", f"{APP_KEY}:")))
+    yield from running(tmp_path_factory.mktemp("forward-keys"), azure, upstream_pki.ca_cert, secrets,
+                       clients="{keys: [{name: app, key_env: APP_KEY}]}", env={"APP_KEY": APP_KEY})
 
 
 def _proxy_url(gateway: Gateway, userinfo: str = "") -> str:
@@ -280,7 +280,8 @@ def test_with_client_keys_a_connect_elsewhere_is_refused_before_any_key_check(ke
 
 
 def test_a_tunnel_is_not_counted_as_a_request(keyed: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The usage process counts the requests inside a tunnel, not its CONNECT (logged when opened and when closed)."""
+    """The usage process counts the requests inside a tunnel, not its CONNECT (logged when opened and when closed);
+    a refused CONNECT is counted like any refusal."""
     def counted() -> float:
         return sum(v for k, v in keyed.metrics().items() if k.startswith("aoai_gateway_requests_total{"))
 
@@ -295,10 +296,10 @@ def test_a_tunnel_is_not_counted_as_a_request(keyed: Gateway, monkeypatch: pytes
     assert _raw_connect(keyed, "example.com:443", None).startswith(b"HTTP/1.1 403")
     assert _raw_connect(keyed, "api.openai.com:443", None).startswith(b"HTTP/1.1 407")
     deadline = time.monotonic() + 10
-    while counted() < before + 1 and time.monotonic() < deadline:
+    while counted() < before + 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # the CONNECT lines, had they been sent, would be in by now
-    assert counted() == before + 1
+    time.sleep(0.5)  # the tunnel's CONNECT lines, had they been sent, would be in by now
+    assert counted() == before + 3  # the embedding, the 403 and the 407
 
 
 def test_an_http_1_0_connect_opens_the_tunnel_too(proxied: Gateway, azure: EmulatorThread) -> None:
@@ -338,3 +339,51 @@ def test_a_connect_inside_the_tunnel_is_refused(proxied: Gateway, azure: Emulato
         answer = tls.recv(4096)
     assert answer.startswith(b"HTTP/1.1 4"), answer
     assert len(azure.requests()) == before
+
+
+def test_upgrade_connect_on_another_method_is_refused(gateway: Gateway, azure: EmulatorThread) -> None:
+    """`Upgrade: CONNECT` makes Envoy run the CONNECT upgrade's filters (no browser guard, no ext_proc there): for any
+    method but CONNECT they refuse it."""
+    before = len(azure.requests())
+    port = int(gateway.http_url.rsplit(":", 1)[1])
+    for request in (b"GET /v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: Upgrade\r\nUpgrade: CONNECT\r\n\r\n",
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: connect\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(request)
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400") and b"forward_proxy_refused" in answer, answer
+    assert len(azure.requests()) == before
+
+
+def test_http2_connects_are_checked_one_by_one(keyed: Gateway, azure: EmulatorThread) -> None:
+    """HTTP/2 (h2c) to the listener, three CONNECT streams on one connection: without a key 407, with it 200, with it
+    to another host 403."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    port = int(keyed.http_url.rsplit(":", 1)[1])
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(  # h2 wants a :path, which a CONNECT has not
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    streams = {}
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        connection.initiate_connection()
+        for target, credential in (("api.openai.com:443", None), ("api.openai.com:443", f"Bearer {APP_KEY}"),
+                                   ("example.com:443", f"Bearer {APP_KEY}")):
+            stream = connection.get_next_available_stream_id()
+            headers = [(":method", "CONNECT"), (":authority", target)]
+            if credential:
+                headers.append(("proxy-authorization", credential))
+            connection.send_headers(stream, headers)
+            streams[stream] = target, credential
+        sock.sendall(connection.data_to_send())
+        statuses: dict[int, int] = {}
+        deadline = time.monotonic() + 5
+        while len(statuses) < len(streams) and time.monotonic() < deadline:
+            for event in connection.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses[event.stream_id] = int(dict(event.headers)[b":status"])
+            sock.sendall(connection.data_to_send())
+    assert sorted(statuses.values()) == [200, 403, 407]
+    assert [statuses[stream] for stream in sorted(streams)] == [407, 200, 403]

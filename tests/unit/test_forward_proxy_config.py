@@ -126,6 +126,17 @@ def test_the_tunnels_answer_drops_the_credential_and_names_the_key() -> None:
     assert head.method == "CONNECT" and head.proxy_authorization == "Bearer k"
 
 
+def test_a_connect_with_two_proxy_credentials_is_refused(tmp_path: Path) -> None:
+    """Neither is taken, in either order (a valid one does not hide a second)."""
+    translator = Translator(compile_gateway(settings(tmp_path, "forward_proxy: {enabled: true}\n" + KEYS)))
+    for values in ((f"Bearer {APP_KEY}", "Bearer sk-aoai-other"), ("Bearer sk-aoai-other", f"Bearer {APP_KEY}"),
+                   (_basic(f"app:{APP_KEY}"), _basic(f"app:{APP_KEY}"))):
+        head = request_head(pb.HttpHeaders(headers=HeaderMap(headers=[HeaderValue(key=":method", raw_value=b"CONNECT")] + [
+            HeaderValue(key="proxy-authorization", raw_value=value.encode()) for value in values])))
+        refused = translator.on_headers(head)
+        assert isinstance(refused, Reply) and refused.status == 407, values
+
+
 def test_with_client_keys_the_connect_is_checked_by_the_ext_proc(tmp_path: Path) -> None:
     def connect_filters(extra: str) -> tuple[list[str], str]:
         rendered = envoy_config.render(settings(tmp_path, "forward_proxy: {enabled: true}\n" + extra), None)
@@ -136,10 +147,10 @@ def test_with_client_keys_the_connect_is_checked_by_the_ext_proc(tmp_path: Path)
         return [f["name"].rsplit(".", 1)[1] for f in filters], str(refused.get("typed_per_filter_config")) + str(timeouts)
 
     names, rest = connect_filters(KEYS + "extproc: {message_timeout_ms: 3500}\n")
-    assert names == ["ext_proc", "set_filter_state", "router"]
+    assert names == ["rbac", "ext_proc", "set_filter_state", "router"]  # rbac: only a CONNECT (not `Upgrade: CONNECT`)
     assert "'disabled': True" in rest and "'3.5s'" in rest  # a CONNECT elsewhere is refused without asking
     names, rest = connect_filters("")
-    assert names == ["set_filter_state", "router"] and rest == "None[]"
+    assert names == ["rbac", "set_filter_state", "router"] and rest == "None[]"
 
 
 def test_an_operators_ca_files_are_relative_to_the_config_file(tmp_path: Path) -> None:

@@ -5,12 +5,13 @@ NameConstraints make a certificate it signed for any other name fail verificatio
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import ssl
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from extproc.envoy_config.devtls import make_ca, pem_key
@@ -165,3 +166,33 @@ def test_an_operators_certificate_that_is_no_ca_or_expired_is_refused(tmp_path: 
     certs = ensure_proxy_certificates(tmp_path / "state", HOSTS, *_operator_ca(tmp_path, key, _ca))
     handshake(certs.leaf_cert, certs.leaf_key, tmp_path / "operator-ca.crt", "api.openai.com")
     assert "carries no name constraints" in caplog.text
+
+
+def test_an_operators_ca_that_may_not_sign_is_refused(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "no keyCertSign")])
+    ca = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(True, False, False, False, False, False, True, False, False), critical=True)
+          .sign(key, hashes.SHA256()))
+    ca_file, key_file = _operator_ca(tmp_path, key, ca)
+    with pytest.raises(ValueError, match="lacks keyCertSign"):
+        ensure_proxy_certificates(tmp_path / "state", HOSTS, ca_file, key_file)
+    leaf_key, leaf = _make_leaf(key, ca, HOSTS, now)  # what clients would have got: refused
+    (tmp_path / "leaf.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.key").write_bytes(pem_key(leaf_key))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(tmp_path / "leaf.crt", tmp_path / "leaf.key", ca_file, "api.openai.com")
+
+
+def test_constraints_on_other_name_types_leave_dns_names_free(tmp_path: Path) -> None:
+    """Name constraints hold per type: a CA permitting only an IP range constrains no DNS name (OpenSSL agrees)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    only_ips = x509.NameConstraints(permitted_subtrees=[x509.IPAddress(ipaddress.ip_network("10.0.0.0/8"))],
+                                    excluded_subtrees=None), True
+    ca_file, key_file = _operator_ca(tmp_path, *make_ca("operator", now, (only_ips,)))
+    certs = ensure_proxy_certificates(tmp_path / "state", HOSTS, ca_file, key_file)
+    handshake(certs.leaf_cert, certs.leaf_key, ca_file, "api.openai.com")
