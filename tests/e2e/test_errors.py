@@ -199,3 +199,27 @@ def test_extproc_stopped_means_503_and_nothing_forwarded(tmp_path: Path, azure: 
             assert response.status_code == 503, response.text
             assert openai_error(response)["code"] == "gateway_unavailable"
         assert len(azure.requests()) == before  # fail closed: nothing reached Azure
+
+
+def test_extproc_stopped_means_no_tunnel(tmp_path: Path, azure: EmulatorThread, upstream_pki) -> None:
+    """Forward-proxy mode with client keys: the ext_proc checks each CONNECT's key; without it, no tunnel (503)."""
+    key = "sk-aoai-e2e-tunnel"
+    env = {"AZURE_OPENAI_ENDPOINT": azure.url.replace("127.0.0.1", "localhost"), "AZURE_OPENAI_API_KEY": SERVER_KEY,
+           "AZURE_OPENAI_CA_FILE": str(upstream_pki.ca_cert), "APP_KEY": key}
+    config = write_config(tmp_path, forward_proxy="{enabled: true}", clients="{keys: [{name: app, key_env: APP_KEY}]}")
+    stack = Running(config, env)
+
+    def connect(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n"
+                         f"Proxy-Authorization: Bearer {key}\r\n\r\n".encode())
+            return sock.recv(4096)
+
+    with stack as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        assert connect(port).startswith(b"HTTP/1.1 200")
+        stack.extproc.kill()
+        stack.extproc.wait()
+        wait_for(lambda: not any(socket_in_use(path) for path in stack.settings.socket_paths()), timeout=10)
+        answer = connect(port)
+        assert answer.startswith(b"HTTP/1.1 503") and b"gateway_unavailable" in answer, answer
