@@ -387,3 +387,18 @@ def test_http2_connects_are_checked_one_by_one(keyed: Gateway, azure: EmulatorTh
             sock.sendall(connection.data_to_send())
     assert sorted(statuses.values()) == [200, 403, 407]
     assert [statuses[stream] for stream in sorted(streams)] == [407, 200, 403]
+
+
+def test_the_proxy_itself_over_https(gateway: Gateway, azure: EmulatorThread) -> None:
+    """`HTTPS_PROXY=https://gateway:8443`: the CONNECT over the HTTPS listener (TLS to the proxy, then TLS inside)."""
+    curl = shutil.which("curl")
+    assert curl, "curl is needed"
+    result = subprocess.run([curl, "-sS", "-x", gateway.https_url, "--proxy-cacert", str(gateway.ca_file),
+                             "--cacert", str(bundle(gateway)), "-H", f"authorization: Bearer {CLIENT_KEY}",
+                             "-w", "\\n%{http_code}", "https://api.openai.com/v1/embeddings",
+                             "-H", "content-type: application/json",
+                             "-d", '{"model": "text-embedding-3-small", "input": "over https"}'],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.stdout.rpartition("\n")[2] == "200", result.stderr
+    assert azure.last().path == "/openai/deployments/prod-embed/embeddings"
+    assert azure.last().headers["api-key"] == SERVER_KEY
