@@ -138,7 +138,7 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
         largest_pool = max((len(members) for members in settings.pools.values()), default=0)
         for http_filter in _http_filters(listener):
             if http_filter["name"] == EXT_PROC_FILTER:
-                http_filter["typed_config"]["message_timeout"] = f"{settings.extproc.message_timeout_ms / 1000:g}s"
+                http_filter["typed_config"]["message_timeout"] = _message_timeout(settings)
                 # What the request is for (aoai.request, for the access logs) and the namespaces a pool's tries
                 # come in (extproc/processor/messages.py), and no others.
                 http_filter["typed_config"]["metadata_options"] = {"receiving_namespaces": {
@@ -190,6 +190,11 @@ def render(settings: Settings, downstream_tls: DownstreamTls | None, template: P
     return config
 
 
+def _message_timeout(settings: Settings) -> str:
+    """Each ext_proc filter's deadline for one answer (extproc.message_timeout_ms)."""
+    return f"{settings.extproc.message_timeout_ms / 1000:g}s"
+
+
 FORWARD_PROXY_VHOST, FORWARD_PROXY_LISTENER, FORWARD_PROXY_CLUSTER = "forward_proxy", "forward_proxy_inner", "forward_proxy_tunnel"
 
 
@@ -234,8 +239,7 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
                    vhost: dict[str, Any], inner: dict[str, Any]) -> None:
     """The intercepted hosts' CONNECT virtual host on the listeners, and the internal listener the tunnels end in:
     TLS with the forward-proxy certificate for those names, then a copy of the listeners' connection manager
-    without the CONNECT upgrade (a CONNECT inside a tunnel is refused); the intercepted names among the Hosts the
-    browser guard lets through."""
+    without the CONNECT upgrade (a CONNECT inside a tunnel is refused)."""
     hosts = settings.forward_proxy.hosts
     vhost["domains"] = [f"{host}:443" for host in hosts]
     hcm = None
@@ -248,7 +252,7 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
                 if http_filter["name"] != EXT_PROC_FILTER:
                     continue
                 if settings.clients.keys:
-                    http_filter["typed_config"]["message_timeout"] = f"{settings.extproc.message_timeout_ms / 1000:g}s"
+                    http_filter["typed_config"]["message_timeout"] = _message_timeout(settings)
                 else:
                     upgrade["filters"].remove(http_filter)
         if not settings.clients.keys:
@@ -266,13 +270,6 @@ def _forward_proxy(settings: Settings, resources: dict[str, Any], listeners: lis
                 {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}, "invert_match": True}}},
                 {"status_code_filter": {"comparison": {"op": "GE", "value": {
                     "default_value": 300, "runtime_key": "aoai_gateway.unused_refused_connect"}}}}]}}
-        # The browser guard's Host rule admits the intercepted names: inside a tunnel, and on the listeners for
-        # plain-HTTP proxy requests (`HTTP_PROXY`, absolute form). No page can rebind a name it does not own.
-        for http_filter in hcm["http_filters"]:
-            if http_filter["name"] == RBAC_FILTER and "foreign-host" in http_filter["typed_config"]["rules"]["policies"]:
-                allowed = http_filter["typed_config"]["rules"]["policies"]["foreign-host"]["permissions"][0]["not_rule"]
-                allowed["or_rules"]["rules"].extend({"header": {"name": ":authority", "string_match": {"safe_regex": {
-                    "regex": "(?i)" + re.escape(host) + "(:(80|443))?"}}}} for host in hosts)
     assert hcm is not None
     inner_hcm = copy.deepcopy(hcm)
     inner_hcm["stat_prefix"] = "forward_proxy"
@@ -365,6 +362,11 @@ def _browser_guard(settings: Settings, listeners: list[dict[str, Any]]) -> None:
         settings.loopback_only or bool(settings.listen.allowed_hosts))
     hosts = [{"header": {"name": ":authority", "string_match": {"safe_regex": {
         "regex": "(?i)" + re.escape(host) + "(:[0-9]+)?"}}}} for host in settings.listen.allowed_hosts]
+    # Forward-proxy mode's intercepted names, on their ports: inside a tunnel, and on the listeners for plain-HTTP
+    # proxy requests (`HTTP_PROXY`, absolute form). No page can rebind a name it does not own.
+    if settings.forward_proxy.enabled:
+        hosts += [{"header": {"name": ":authority", "string_match": {"safe_regex": {
+            "regex": "(?i)" + re.escape(host) + "(:(80|443))?"}}}} for host in settings.forward_proxy.hosts]
     for hcm in _distinct_connection_managers(listeners):
         for http_filter in hcm["http_filters"]:
             if http_filter["name"] != RBAC_FILTER:
@@ -499,12 +501,17 @@ def _usage_log(settings: Settings, resources: dict[str, Any], listeners: list[di
         return
     resources["clusters"].remove(cluster)
     for hcm in _distinct_connection_managers(listeners):
-        hcm["access_log"] = [log for log in hcm.get("access_log", []) if log not in _usage_loggers(hcm)]
+        hcm["access_log"] = [log for log in hcm.get("access_log", []) if not _is_usage_logger(log)]
 
 
 def _usage_loggers(hcm: dict[str, Any]) -> list[dict[str, Any]]:
-    return [log for log in hcm.get("access_log", []) if log["typed_config"].get(
-        "common_config", {}).get("grpc_service", {}).get("envoy_grpc", {}).get("cluster_name") == USAGE_LOG_CLUSTER]
+    return [log for log in hcm.get("access_log", []) if _is_usage_logger(log)]
+
+
+def _is_usage_logger(log: dict[str, Any]) -> bool:
+    """The access log whose entries go to the usage process."""
+    return log["typed_config"].get("common_config", {}).get("grpc_service", {}).get(
+        "envoy_grpc", {}).get("cluster_name") == USAGE_LOG_CLUSTER
 
 
 def _pools(settings: Settings, resources: dict[str, Any], listeners: list[dict[str, Any]]) -> None:
