@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -80,19 +80,24 @@ def _server_names(extra: tuple[str, ...]) -> list[x509.GeneralName]:
     return names
 
 
-def _make_server(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, now: dt.datetime,
-                 extra_names: tuple[str, ...]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+# What may sign a leaf: the gateway's own CAs are EC; an operator's forward-proxy CA may be RSA.
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def make_leaf(ca_key: SigningKey, ca_cert: x509.Certificate, common_name: str, names: list[x509.GeneralName],
+              now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A TLS server certificate for `names` (its SANs) signed by the CA, valid no longer than the CA is."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name("localhost"))
+        .subject_name(name(common_name))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + SERVER_VALIDITY)
+        .not_valid_after(min(now + SERVER_VALIDITY, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(_server_names(extra_names)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -123,7 +128,7 @@ def ensure_dev_certificates(directory: Path, extra_names: tuple[str, ...] = ()) 
         paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         paths.server_cert.unlink(missing_ok=True)  # issued by the old CA
     if not (_still_valid(paths.server_cert, now) and paths.server_key.is_file()):
-        key, cert = _make_server(ca_key, ca_cert, now, extra_names)
+        key, cert = make_leaf(ca_key, ca_cert, "localhost", _server_names(extra_names), now)
         write_private(paths.server_key, pem_key(key))
         paths.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return paths

@@ -18,14 +18,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .devtls import RENEW_BEFORE, SERVER_VALIDITY, make_ca, name, pem_key, write_private
+from .devtls import RENEW_BEFORE, SigningKey, make_ca, make_leaf, pem_key, write_private
 
 log = logging.getLogger(__name__)
-SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -46,22 +44,7 @@ def _make_ca(hosts: Sequence[str], now: dt.datetime) -> tuple[ec.EllipticCurvePr
 
 def _make_leaf(ca_key: SigningKey, ca_cert: x509.Certificate, hosts: Sequence[str],
                now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name(hosts[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + SERVER_VALIDITY, ca_cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host) for host in hosts]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
+    return make_leaf(ca_key, ca_cert, hosts[0], [x509.DNSName(host) for host in hosts], now)
 
 
 def _load(path: Path) -> x509.Certificate | None:
@@ -71,14 +54,19 @@ def _load(path: Path) -> x509.Certificate | None:
         return None
 
 
-def _permits_exactly(cert: x509.Certificate, hosts: Sequence[str]) -> bool:
+def _dns_constraints(cert: x509.Certificate) -> tuple[list[str], list[str]] | None:
+    """The DNS names a CA's NameConstraints permit and exclude; None without the extension."""
     try:
         constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
     except x509.ExtensionNotFound:
-        return False
-    permitted = {n.value for n in constraints.permitted_subtrees or [] if isinstance(n, x509.DNSName)}
-    excluded = {n.value for n in constraints.excluded_subtrees or [] if isinstance(n, x509.DNSName)}
-    return permitted == set(hosts) and excluded == {"." + host for host in hosts}
+        return None
+    return ([n.value for n in constraints.permitted_subtrees or [] if isinstance(n, x509.DNSName)],
+            [n.value for n in constraints.excluded_subtrees or [] if isinstance(n, x509.DNSName)])
+
+
+def _permits_exactly(cert: x509.Certificate, hosts: Sequence[str]) -> bool:
+    found = _dns_constraints(cert)
+    return found is not None and set(found[0]) == set(hosts) and set(found[1]) == {"." + host for host in hosts}
 
 
 def _check_operator_ca(cert: x509.Certificate, path: Path, hosts: Sequence[str], now: dt.datetime) -> None:
@@ -99,14 +87,12 @@ def _check_operator_ca(cert: x509.Certificate, path: Path, hosts: Sequence[str],
         raise ValueError(f"{path} may not sign certificates (its KeyUsage lacks keyCertSign)")
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
         raise ValueError(f"{path} is not valid now (from {cert.not_valid_before_utc} to {cert.not_valid_after_utc})")
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    except x509.ExtensionNotFound:
+    found = _dns_constraints(cert)
+    if found is None:
         log.warning("%s carries no name constraints: its key can sign for any site (a name-constrained CA, like "
                     "the one the gateway makes, cannot)", path)
         return
-    permitted = [n.value for n in constraints.permitted_subtrees or [] if isinstance(n, x509.DNSName)]
-    excluded = [n.value for n in constraints.excluded_subtrees or [] if isinstance(n, x509.DNSName)]
+    permitted, excluded = found
     # Constraints hold per name type: with no DNS name permitted (only IPs, say), DNS names are not constrained.
     refused = [host for host in hosts if (permitted and not any(_in_subtree(host, name) for name in permitted))
                or any(_in_subtree(host, name) for name in excluded)]
