@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -74,6 +75,19 @@ class WrkResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
+def _bench_result(name: str, argv: list[str], seconds: float,
+                  env: dict[str, str] | None = None) -> tuple[dict[str, Any], float, str]:
+    """Run a load generator (wrk with bench/*.lua, or h1load) to its `BENCH_RESULT {json}` line: that line's
+    numbers, the generator's own CPU seconds, and its stderr."""
+    cpu_before = _children_cpu()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    client_cpu = _children_cpu() - cpu_before
+    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"{name} failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+    return json.loads(line.removeprefix("BENCH_RESULT ")), client_cpu, done.stderr
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generator, once waited for
     return usage.ru_utime + usage.ru_stime
@@ -87,13 +101,7 @@ def run_wrk(url: str, body_file: Path, connections: int, threads: int, seconds: 
             "--timeout", "5s", "-s", str(script), url + CHAT_PATH]
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file),
            "BENCH_EXTRA_HEADERS": "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())}
-    cpu_before = _children_cpu()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
-    client_cpu = _children_cpu() - cpu_before
-    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
-    r = json.loads(line.removeprefix("BENCH_RESULT "))
+    r, client_cpu, _stderr = _bench_result("wrk", argv, seconds, env)
     errors = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["status_errors"] + r["timeouts"]
     return WrkResult(r["requests"], r["duration_us"] / 1e6, errors, r["p50_us"] / 1000, r["p90_us"] / 1000,
                      r["p99_us"] / 1000, r["max_us"] / 1000, r["mean_us"] / 1000, client_cpu_s=client_cpu)
@@ -125,19 +133,13 @@ def run_h1load(binary: Path, request_file: Path, address: str, connections: int,
         argv += ["--tls", "--sni", tls_name, "--cafile", str(ca_file)]
     if tunnel:
         argv += ["--tunnel", tunnel]
-    cpu_before = _children_cpu()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    client_cpu = _children_cpu() - cpu_before
-    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"h1load failed ({done.returncode}): {done.stdout}\n{done.stderr}")
-    r = json.loads(line.removeprefix("BENCH_RESULT "))
+    r, client_cpu, stderr = _bench_result("h1load", argv, seconds)
     non_2xx = r["requests"] - r["ok"]
     errors = (r["connect_errors"] + r["tunnel_errors"] + r["tls_errors"] + r["read_errors"] + r["write_errors"]
               + r["timeouts"] + r["parse_errors"] + non_2xx)
     return WrkResult(r["ok"], r["duration_us"] / 1e6, errors, r["p50_us"] / 1000, r["p90_us"] / 1000,
                      r["p99_us"] / 1000, r["max_us"] / 1000, r["mean_us"] / 1000,
-                     statuses=r["statuses"], non_2xx=non_2xx, reconnects=r["reconnects"], complaints=done.stderr.strip(), client_cpu_s=client_cpu)
+                     statuses=r["statuses"], non_2xx=non_2xx, reconnects=r["reconnects"], complaints=stderr.strip(), client_cpu_s=client_cpu)
 
 
 def request_file(path: Path, host: str, body: bytes) -> Path:
